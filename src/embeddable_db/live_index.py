@@ -1,0 +1,205 @@
+"""The in-memory view a store searches: a backend index, an exact delta and tombstones.
+
+Backends are built in bulk (Annoy cannot change at all after ``build``; FAISS HNSW cannot
+remove). So a vector that is new goes straight into the backend when it can add, and otherwise,
+like every changed vector, into a small exact delta searched by brute force and merged with the
+backend's hits; a backend item that was changed or removed is tombstoned and filtered out. The
+delta is folded back into the backend at flush points (``compact``), in bulk: never per add.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from .backends import VectorIndex
+from .backends.annoy import exact_top_k
+from .store import Change
+
+
+class ExactDelta:
+    """A growable matrix of vectors with O(1) upsert and removal by label."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._matrix = np.empty((0, dim), np.float32)
+        self._labels = np.empty(0, np.int64)
+        self._row: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __contains__(self, label: int) -> bool:
+        return label in self._row
+
+    def upsert(self, label: int, vector: np.ndarray) -> None:
+        row = self._row.get(label)
+        if row is None:
+            row = len(self._row)
+            if row == self._matrix.shape[0]:
+                capacity = max(16, 2 * row)
+                self._matrix = np.resize(self._matrix, (capacity, self.dim))
+                self._labels = np.resize(self._labels, capacity)
+            self._row[label] = row
+            self._labels[row] = label
+        self._matrix[row] = vector
+
+    def discard(self, label: int) -> None:
+        row = self._row.pop(label, None)
+        if row is None:
+            return
+        last = len(self._row)
+        if row != last:  # move the last row into the hole
+            moved = int(self._labels[last])
+            self._matrix[row] = self._matrix[last]
+            self._labels[row] = moved
+            self._row[moved] = row
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self._row)
+        order = np.argsort(self._labels[:n], kind="stable")
+        return self._labels[:n][order], self._matrix[:n][order]
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self._row)
+        positions, distances = exact_top_k(self._matrix[:n], query, k)
+        return self._labels[positions], distances
+
+    def clear(self) -> None:
+        self.__init__(self.dim)
+
+
+class LiveIndex:
+    """Everything a store can search right now, current up to SQLite ``seq`` = ``synced_seq``."""
+
+    def __init__(
+        self,
+        backend: VectorIndex | None,
+        dim: int | None,
+        records: Iterable[tuple[int, str, str]] = (),
+        synced_seq: int = 0,
+        generation: int = 0,
+    ) -> None:
+        self.backend = backend
+        self.dim = dim
+        self.synced_seq = synced_seq
+        self.generation = generation  # of the files the backend was loaded from or saved to
+        self.info: dict[int, tuple[str, str]] = {}
+        self.label_of: dict[str, int] = {}
+        self.in_backend: set[int] = set()
+        for label, record_id, kind in records:
+            self.info[label] = (record_id, kind)
+            self.label_of[record_id] = label
+            self.in_backend.add(label)
+        self.tombstones: set[int] = set()
+        self.delta = ExactDelta(dim) if dim else None
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+    @property
+    def pending(self) -> int:
+        """How far the backend is from the live set: what a compaction would fold in."""
+        return len(self.tombstones) + (len(self.delta) if self.delta else 0)
+
+    @property
+    def kinds(self) -> set[str]:
+        return {kind for _, kind in self.info.values()}
+
+    # -- changes -----------------------------------------------------------------------------
+    def apply(self, changes: Iterable[Change], model: str) -> None:
+        """Bring the view up to date with rows read from SQLite (in ``seq`` order)."""
+        for change in changes:
+            vector = change.vector
+            if (
+                vector is None
+                or change.model != model
+                or (self.dim is not None and vector.shape[0] != self.dim)
+            ):
+                self.discard(change.label)
+            else:
+                self.upsert(change.label, change.record_id, change.kind, vector)
+            self.synced_seq = max(self.synced_seq, change.seq)
+
+    def upsert(self, label: int, record_id: str, kind: str, vector: np.ndarray) -> None:
+        if self.delta is None:
+            self.dim = vector.shape[0]
+            self.delta = ExactDelta(self.dim)
+        old = self.info.get(label)
+        if old is not None and old[0] != record_id:
+            self.label_of.pop(old[0], None)
+        self.info[label] = (record_id, kind)
+        self.label_of[record_id] = label
+        if label in self.in_backend:
+            self.tombstones.add(label)
+            self.delta.upsert(label, vector)
+        elif (
+            self.backend is not None
+            and self.backend.can_add
+            and label not in self.delta
+        ):
+            self.backend.add(np.array([label], np.int64), vector.reshape(1, -1))
+            self.in_backend.add(label)
+        else:
+            self.delta.upsert(label, vector)
+
+    def discard(self, label: int) -> None:
+        old = self.info.pop(label, None)
+        if old is not None and self.label_of.get(old[0]) == label:
+            del self.label_of[old[0]]
+        if self.delta is not None:
+            self.delta.discard(label)
+        if label in self.in_backend:
+            self.tombstones.add(label)
+
+    def fold_in_place(self) -> bool:
+        """Fold the delta into a backend that can add and remove (FAISS flat); else False."""
+        backend = self.backend
+        if backend is None or not (backend.can_add and backend.can_remove):
+            return False
+        if self.tombstones:
+            backend.remove(np.fromiter(self.tombstones, np.int64))
+            self.in_backend -= self.tombstones
+            self.tombstones.clear()
+        if self.delta is not None and len(self.delta):
+            labels, vectors = self.delta.items()
+            backend.add(labels, vectors)
+            self.in_backend.update(int(x) for x in labels)
+            self.delta.clear()
+        return True
+
+    # -- search ------------------------------------------------------------------------------
+    def search(self, query: np.ndarray, k: int, kind: str | None = None) -> list[tuple[str, float]]:
+        """The ``k`` best (record_id, distance); with ``kind``, widen until ``k`` match or all seen."""
+        live = len(self.info)
+        if live == 0 or k <= 0:
+            return []
+        fetch = min(k, live)
+        while True:
+            hits = self._search_labels(query, fetch)
+            results = []
+            for label, distance in hits:
+                record_id, record_kind = self.info[label]
+                if kind is None or record_kind == kind:
+                    results.append((record_id, distance))
+            if len(results) >= k or fetch >= live:
+                return results[:k]
+            fetch = min(live, fetch * 4)
+
+    def _search_labels(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        merged: list[tuple[float, int]] = []
+        if self.backend is not None and len(self.backend):
+            want = min(len(self.backend), k + len(self.tombstones))
+            labels, distances = self.backend.search(query, want)
+            tomb = self.tombstones
+            merged += [
+                (float(d), int(label))
+                for label, d in zip(labels, distances, strict=True)
+                if int(label) not in tomb
+            ]
+        if self.delta is not None and len(self.delta):
+            labels, distances = self.delta.search(query, k)
+            merged += [(float(d), int(label)) for label, d in zip(labels, distances, strict=True)]
+        merged.sort()
+        return [(label, distance) for distance, label in merged[:k]]

@@ -1,0 +1,182 @@
+"""The JSON metadata beside an index file: who owns it, what it holds, and how to check it.
+
+The manifest names its store (``store_id`` from the SQLite meta table), model, dimension,
+backend, the index file's generation, size and checksum, the highest SQLite ``seq`` the index
+contains, and per record: label, record id, kind, source id, created_at, embedding version.
+Vectors never go here: they live in SQLite and in the index.
+
+Files are written to a temporary file in the same folder, fsynced and ``os.replace``d, so a
+reader sees the old file or the new one, never half of one. The index is replaced first and the
+manifest last; a kill in between leaves a manifest whose checksum does not match the index,
+which the mixin treats as stale and rebuilds from SQLite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+RECORD_FIELDS = ["label", "record_id", "kind", "source_id", "created_at", "embedding_version"]
+_SAMPLE_BYTES = 64 * 1024
+_SAMPLES = 64
+
+
+class ManifestError(ValueError):
+    """The manifest is unreadable or malformed (the caller rebuilds it)."""
+
+
+@dataclass
+class Manifest:
+    store_id: str
+    database: str
+    model: str | None
+    dim: int | None
+    backend: str
+    params: dict[str, Any]
+    embedding_version: int
+    generation: int = 0
+    synced_seq: int = 0
+    index_size: int | None = None
+    index_checksum: str | None = None
+    metric: str = "cosine"
+    records: list[list[Any]] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+    record_fields: list[str] = field(default_factory=lambda: list(RECORD_FIELDS))
+
+    @property
+    def count(self) -> int:
+        return len(self.records)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["count"] = self.count
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "store_id": (str,),
+    "database": (str,),
+    "model": (str, type(None)),
+    "dim": (int, type(None)),
+    "backend": (str,),
+    "params": (dict,),
+    "embedding_version": (int,),
+    "generation": (int,),
+    "synced_seq": (int,),
+    "index_size": (int, type(None)),
+    "index_checksum": (str, type(None)),
+    "metric": (str,),
+    "records": (list,),
+    "schema_version": (int,),
+    "record_fields": (list,),
+}
+
+
+def parse_manifest(text: str) -> Manifest:
+    """Validate types before use: a damaged or foreign file must not crash the store."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ManifestError(f"not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ManifestError("top level is not an object")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ManifestError(f"schema_version {data.get('schema_version')!r} is not supported")
+    for key, types in _TYPES.items():
+        if key not in data:
+            raise ManifestError(f"missing field {key!r}")
+        value = data[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ManifestError(f"field {key!r} has the wrong type")
+    if data["record_fields"] != RECORD_FIELDS:
+        raise ManifestError("unexpected record_fields")
+    for row in data["records"]:
+        if (
+            not isinstance(row, list)
+            or len(row) != len(RECORD_FIELDS)
+            or not isinstance(row[0], int)
+            or not isinstance(row[1], str)
+            or not isinstance(row[2], str)
+        ):
+            raise ManifestError("malformed record entry")
+    data.pop("count", None)
+    return Manifest(**{k: data[k] for k in _TYPES})
+
+
+def read_manifest(path: str) -> Manifest | None:
+    """The manifest at ``path``; None when there is no file; ManifestError when damaged."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"unreadable ({exc})") from exc
+    return parse_manifest(text)
+
+
+def file_checksum(path: str) -> tuple[int, str]:
+    """(size, digest) of a file from its size and 64 evenly spaced 64 KiB samples.
+
+    Reading a few MiB instead of the whole index keeps opening a 100k-vector store fast, and
+    still catches the damage that happens: truncation, zero-fill, replacement, another file.
+    """
+    size = os.path.getsize(path)
+    digest = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with open(path, "rb") as handle:
+        if size <= _SAMPLE_BYTES * _SAMPLES:
+            digest.update(handle.read())
+        else:
+            step = (size - _SAMPLE_BYTES) // (_SAMPLES - 1)
+            for i in range(_SAMPLES):
+                handle.seek(i * step)
+                digest.update(handle.read(_SAMPLE_BYTES))
+    return size, digest.hexdigest()
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)``, fsync, then atomically replace ``path``; clean up on failure."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_manifest(path: str, manifest: Manifest) -> None:
+    text = manifest.to_json()
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    atomic_write(path, write)

@@ -1,0 +1,933 @@
+"""EmbeddableDBMixin: persistent vectors and semantic search for a class that owns SQLite.
+
+The subclass sets ``self.conn`` and implements ``iter_records()`` plus either
+``embedding_text(record)`` (batched encoding) or ``vector(record)`` (the seed's contract, one
+record at a time). The mixin orchestrates three parts:
+
+- ``EmbeddingStore``: vectors in the subclass's own SQLite file, the source of truth;
+- ``LiveIndex``: a backend index (Annoy or FAISS) plus an exact delta, kept current from SQLite
+  by change sequence numbers, so other processes' writes show up in every search;
+- the index file and its JSON manifest: a cache of the backend index, written atomically under
+  a file lock at flush points, verified on open and rebuilt from SQLite when missing, stale or
+  damaged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from . import validation as check
+from .backends import VectorIndex, get_backend
+from .encoder import DEFAULT_MODEL, HASH_MODEL_PREFIX, get_encoder, model_identity
+from .errors import (
+    CorruptIndexError,
+    EmbeddingError,
+    InvalidInputError,
+    ModelConflictError,
+    StoreConflictError,
+)
+from .live_index import LiveIndex
+from .manifest import (
+    Manifest,
+    ManifestError,
+    atomic_write,
+    file_checksum,
+    read_manifest,
+    write_manifest,
+)
+from .reports import BackfillInterrupted, BackfillResult, VerifyReport
+from .store import EmbeddingStore, VectorRow
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT_SECONDS = 300
+# The exact delta is folded into the backend when it passes this many vectors (clamped share
+# of the backend's size): rebuilds stay geometric, so their total cost is linear in the store.
+MIN_PENDING = 10_000
+MAX_PENDING = 50_000
+ENCODE_BATCH = 64
+
+
+def _fingerprint_of(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _canonical(record: Any) -> str:
+    """A stable text for records embedded through ``vector()``, to notice when they change."""
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        record = dataclasses.asdict(record)
+    elif isinstance(record, sqlite3.Row):
+        record = {key: record[key] for key in record.keys()}
+    if isinstance(record, Mapping):
+        return json.dumps(dict(record), sort_keys=True, default=str, ensure_ascii=False)
+    return repr(record)
+
+
+class EmbeddableDBMixin:
+    """Gives a SQLite-backed class vectors, search by vector or text, and backfill."""
+
+    #: Name of the mixin's table in the subclass's database; give each store its own.
+    embedding_table: ClassVar[str] = "embeddings"
+    #: When set, ``kind`` arguments must be one of these.
+    embedding_kinds: ClassVar[tuple[str, ...] | None] = None
+
+    conn: sqlite3.Connection
+
+    def __init__(
+        self,
+        *,
+        backend: str = "annoy",
+        index_path: str | os.PathLike | None = None,
+        metadata_path: str | os.PathLike | None = None,
+        model_name: str = DEFAULT_MODEL,
+        embedding_version: int = 1,
+        encoder: Any | None = None,
+        index_type: str | None = None,
+        index_options: Mapping[str, Any] | None = None,
+        allow_model_change: bool = False,
+    ) -> None:
+        # Everything is checked before anything is written.
+        conn = getattr(self, "conn", None)
+        if not isinstance(conn, sqlite3.Connection):
+            raise EmbeddingError(
+                f"{type(self).__name__} must set self.conn to a sqlite3.Connection "
+                "before calling EmbeddableDBMixin.__init__"
+            )
+        self.backend_name = backend
+        self._backend_cls = get_backend(backend)
+        self._backend_options = self._check_backend_options(index_type, index_options)
+        if isinstance(embedding_version, bool) or not isinstance(embedding_version, int) or (
+            embedding_version < 1
+        ):
+            raise InvalidInputError(
+                f"embedding_version must be a positive int, got {embedding_version!r}"
+            )
+        if not isinstance(model_name, str) or not model_name.strip():
+            raise InvalidInputError(f"model_name must be a non-empty str, got {model_name!r}")
+        if encoder is not None and not callable(getattr(encoder, "encode", None)):
+            raise InvalidInputError("encoder must have an encode(list[str]) method")
+        if encoder is None and model_name.startswith(HASH_MODEL_PREFIX):
+            dim = model_name[len(HASH_MODEL_PREFIX) :]
+            if not dim.isdigit() or int(dim) < 2:
+                raise InvalidInputError(f"model {model_name!r}: use 'hash:<dimension>', e.g. hash:64")
+        self.model_name = model_name
+        self.embedding_version = embedding_version
+        self.model_id = model_identity(model_name, encoder)
+        self._encoder = encoder
+        self.index_path, self.metadata_path = self._resolve_paths(conn, index_path, metadata_path)
+
+        self._lock = threading.RLock()
+        self._file_lock = (
+            FileLock(self.index_path + ".lock", timeout=LOCK_TIMEOUT_SECONDS)
+            if self.index_path
+            else None
+        )
+        self._store = EmbeddingStore(conn, self.embedding_table)
+        self._store.ensure_schema()
+        stored_model, _ = self._store.identity()
+        if stored_model is not None and stored_model != self.model_id and not allow_model_change:
+            raise ModelConflictError(
+                f"the vectors in {self._database_name()} were made by model {stored_model!r}, "
+                f"not {self.model_id!r}: open it with model_name={stored_model!r}, or pass "
+                "allow_model_change=True and run backfill_embeddings() to re-embed everything"
+            )
+        self._allow_model_change = allow_model_change
+        self._files_stamp: tuple[int, int] | None = None
+        self._data_version = self._store.data_version()
+        self._closed = False
+        self._live = self._open_live()
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _check_backend_options(
+        self, index_type: str | None, index_options: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        options = dict(index_options or {})
+        if index_type is not None:
+            if self.backend_name != "faiss":
+                raise InvalidInputError(
+                    f"index_type is a FAISS option; backend {self.backend_name!r} has none"
+                )
+            options["index_type"] = index_type
+        try:
+            self._backend_cls(2, **options)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"bad options for backend {self.backend_name!r}: {exc}") from exc
+        return options
+
+    def _resolve_paths(
+        self,
+        conn: sqlite3.Connection,
+        index_path: str | os.PathLike | None,
+        metadata_path: str | os.PathLike | None,
+    ) -> tuple[str | None, str | None]:
+        if index_path is None:
+            db_file = next(
+                (row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), ""
+            )
+            if not db_file:  # an in-memory database: keep the index in memory too
+                if metadata_path is not None:
+                    raise InvalidInputError("metadata_path needs an index_path for this database")
+                return None, None
+            base = Path(db_file)
+            index_path = base.with_name(f"{base.stem}_{self.embedding_table}.index")
+        index = os.path.abspath(os.fspath(index_path))
+        meta = (
+            os.path.abspath(os.fspath(metadata_path))
+            if metadata_path is not None
+            else str(Path(index).with_suffix(".json"))
+        )
+        if meta == index:
+            raise InvalidInputError("metadata_path must differ from index_path")
+        for path in (index, meta):
+            if not os.path.isdir(os.path.dirname(path)):
+                raise InvalidInputError(
+                    f"folder {os.path.dirname(path)!r} does not exist: create it first"
+                )
+        return index, meta
+
+    def _database_name(self) -> str:
+        row = next((r for r in self.conn.execute("PRAGMA database_list") if r[1] == "main"), None)
+        return (row[2] if row and row[2] else ":memory:") + f" (table {self.embedding_table})"
+
+    def _new_backend(self, dim: int) -> VectorIndex:
+        return self._backend_cls(dim, **self._backend_options)
+
+    @property
+    def dimension(self) -> int | None:
+        """The dimension of this store's vectors, once it has any."""
+        return self._live.dim
+
+    # -- the subclass's contract ---------------------------------------------------------------
+    def iter_records(self) -> Iterator[tuple[Any, Any, str]]:
+        """Yield ``(record_id, record, kind)`` for every record that should have a vector."""
+        raise NotImplementedError(f"{type(self).__name__} must implement iter_records()")
+
+    def embedding_text(self, record: Any) -> str:
+        """The text a record is embedded from; implementing it enables batched encoding."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement embedding_text(record) or vector(record)"
+        )
+
+    def vector(self, record: Any) -> list[float]:
+        """The record's vector; by default the encoding of ``embedding_text(record)``."""
+        return self.encode_text(self.embedding_text(record))
+
+    @property
+    def _batched(self) -> bool:
+        return type(self).vector is EmbeddableDBMixin.vector
+
+    @property
+    def _has_text(self) -> bool:
+        return type(self).embedding_text is not EmbeddableDBMixin.embedding_text
+
+    # -- encoding ----------------------------------------------------------------------------------
+    @property
+    def encoder(self) -> Any:
+        """The encoder in use; the shared model is only loaded when it first encodes."""
+        if self._encoder is None:
+            self._encoder = get_encoder(self.model_name)
+        return self._encoder
+
+    def encode_texts(self, texts: Iterable[Any]) -> np.ndarray:
+        """Encode texts in one model call: an (n, dim) float32 array of unit vectors."""
+        texts = [check.check_text(text)[: check.MAX_ENCODED_CHARS] for text in texts]
+        if not texts:
+            return np.empty((0, self.dimension or 0), np.float32)
+        raw = self.encoder.encode(texts)
+        try:
+            array = np.asarray(raw, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise EmbeddingError(f"encoder returned something that is not numbers ({exc})") from exc
+        if array.ndim != 2 or array.shape[0] != len(texts):
+            raise EmbeddingError(
+                f"encoder returned shape {array.shape} for {len(texts)} texts; "
+                "encode(list[str]) must return one row per text"
+            )
+        return np.stack([check.check_vector(row, self.dimension, self.model_id) for row in array])
+
+    def encode_text(self, text: Any) -> list[float]:
+        return self.encode_texts([text])[0].tolist()
+
+    def _fingerprint(self, record: Any) -> tuple[str, str | None]:
+        """(hash of what the vector is made from, text to encode when batched)."""
+        if self._has_text:
+            text = check.check_text(self.embedding_text(record))
+            return _fingerprint_of(text), text
+        return _fingerprint_of(_canonical(record)), None
+
+    def _make_rows(
+        self, items: list[tuple[str, Any, str, str]]
+    ) -> tuple[list[VectorRow], list[tuple[str, Exception]]]:
+        """Vectors for (key, record, kind, source_id) items, with per-item failures."""
+        rows: list[VectorRow] = []
+        failures: list[tuple[str, Exception]] = []
+        prepared = []
+        for key, record, kind, source_id in items:
+            try:
+                digest, text = self._fingerprint(record)
+            except Exception as exc:  # noqa: BLE001 - one bad record is reported, not fatal
+                failures.append((key, exc))
+                continue
+            prepared.append((key, record, kind, source_id, digest, text))
+        if self._batched and self._has_text:
+            vectors = self._encode_isolating([p[5] for p in prepared], prepared, failures)
+        else:
+            vectors = []
+            for p in prepared:
+                try:
+                    vectors.append(
+                        check.check_vector(self.vector(p[1]), self.dimension, self.model_id)
+                    )
+                except Exception as exc:  # noqa: BLE001
+                    failures.append((p[0], exc))
+                    vectors.append(None)
+        for (key, _, kind, source_id, digest, _), vector in zip(prepared, vectors, strict=True):
+            if vector is not None:
+                rows.append(
+                    VectorRow(key, kind, source_id, vector, digest, self.model_id,
+                              self.embedding_version)
+                )
+        self._check_batch_dimensions(rows)
+        return rows, failures
+
+    def _encode_isolating(self, texts, prepared, failures) -> list[np.ndarray | None]:
+        """One model call for the batch; if it fails, encode one by one to find the culprit."""
+        try:
+            return list(self.encode_texts(texts))
+        except Exception as batch_error:  # noqa: BLE001
+            if len(texts) == 1:
+                failures.append((prepared[0][0], batch_error))
+                return [None]
+        vectors: list[np.ndarray | None] = []
+        for text, p in zip(texts, prepared, strict=True):
+            try:
+                vectors.append(self.encode_texts([text])[0])
+            except Exception as exc:  # noqa: BLE001
+                failures.append((p[0], exc))
+                vectors.append(None)
+        return vectors
+
+    def _check_batch_dimensions(self, rows: list[VectorRow]) -> None:
+        if self.dimension is None and rows:
+            dims = {row.vector.shape[0] for row in rows}
+            if len(dims) > 1:
+                raise check.DimensionMismatchError(
+                    f"vectors of different dimensions {sorted(dims)} in one batch"
+                )
+
+    # -- writes ------------------------------------------------------------------------------------
+    def add_embedding(self, record_id: Any, record: Any, kind: str, *, source_id: Any = "") -> None:
+        """Embed one record and store its vector (insert or replace); durable on return."""
+        self.add_embeddings([(record_id, record, kind)], source_ids=[source_id])
+
+    def add_embeddings(
+        self,
+        items: Iterable[tuple[Any, Any, str]],
+        *,
+        batch_size: int = 100,
+        source_ids: Iterable[Any] | None = None,
+    ) -> int:
+        """Embed many records, ``batch_size`` texts per model call; all or nothing.
+
+        Every item is encoded and checked first; then all vectors are written in one
+        transaction. Returns how many were stored.
+        """
+        batch_size = check.check_batch_size(batch_size)
+        items = list(items)
+        sources = list(source_ids) if source_ids is not None else [""] * len(items)
+        prepared = []
+        for (record_id, record, kind), source_id in zip(items, sources, strict=True):
+            prepared.append(
+                (
+                    check.record_key(record_id),
+                    record,
+                    check.check_kind(kind, self.embedding_kinds),
+                    "" if source_id is None else str(source_id),
+                )
+            )
+        rows: list[VectorRow] = []
+        with self._lock:
+            self._ensure_open()
+            for start in range(0, len(prepared), batch_size):
+                batch_rows, failures = self._make_rows(prepared[start : start + batch_size])
+                if failures:
+                    key, error = failures[0]
+                    if isinstance(error, EmbeddingError):
+                        raise type(error)(f"record {key!r}: {error}") from error
+                    raise error
+                rows += batch_rows
+            self._write(rows)
+        return len(rows)
+
+    def try_add_embedding(
+        self, record_id: Any, record: Any, kind: str, *, source_id: Any = ""
+    ) -> bool:
+        """Like ``add_embedding`` but logs the error and returns False instead of raising."""
+        try:
+            self.add_embedding(record_id, record, kind, source_id=source_id)
+        except Exception as exc:  # noqa: BLE001 - the point is not to raise
+            log.warning("could not embed record %r: %s", record_id, exc)
+            return False
+        return True
+
+    def remove_embedding(self, record_id: Any) -> bool:
+        """Drop a record's vector; True when there was one."""
+        key = check.record_key(record_id)
+        with self._lock:
+            self._ensure_open()
+            removed = self._store.remove([key])
+            self._after_write()
+        return bool(removed)
+
+    def remove_embeddings(self, record_ids: Iterable[Any]) -> int:
+        keys = [check.record_key(record_id) for record_id in record_ids]
+        with self._lock:
+            self._ensure_open()
+            removed = self._store.remove(keys)
+            self._after_write()
+        return len(removed)
+
+    def update_embedding_version(
+        self, record_id: Any, *, embedding_version: int | None = None
+    ) -> bool:
+        """Mark a record's vector as made for ``embedding_version`` (default: the store's)."""
+        return self.update_embedding_versions([record_id], embedding_version=embedding_version) == 1
+
+    def update_embedding_versions(
+        self, record_ids: Iterable[Any], *, embedding_version: int | None = None
+    ) -> int:
+        version = self.embedding_version if embedding_version is None else embedding_version
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise InvalidInputError(f"embedding_version must be a positive int, got {version!r}")
+        keys = [check.record_key(record_id) for record_id in record_ids]
+        with self._lock:
+            self._ensure_open()
+            changed = self._store.set_embedding_version(keys, version)
+            self._after_write()
+        return len(changed)
+
+    def _write(self, rows: list[VectorRow]) -> None:
+        if rows:
+            self._store.upsert(rows)
+            self._after_write()
+
+    def _after_write(self) -> None:
+        self._sync()
+        self._maybe_compact()
+
+    # -- reads -------------------------------------------------------------------------------------
+    def get_vector(self, record_id: Any) -> list[float] | None:
+        vector = self._store.get_vector(check.record_key(record_id))
+        return None if vector is None else vector.tolist()
+
+    def embedding_count(self) -> int:
+        """How many vectors this store can find."""
+        with self._lock:
+            self._refresh()
+            return len(self._live)
+
+    def search_by_vector(
+        self, vector: Any, top_k: int = 10, *, kind: str | None = None
+    ) -> list[tuple[str, float]]:
+        """``(record_id, distance)`` best first; distance = 1 - cosine similarity."""
+        top_k = check.check_top_k(top_k)
+        if kind is not None:
+            kind = check.check_kind(kind, self.embedding_kinds)
+        with self._lock:
+            self._ensure_open()
+            self._refresh()
+            query = check.check_vector(vector, self.dimension, self.model_id)
+            return self._live.search(query, top_k, kind)
+
+    def search_by_text(
+        self, text: Any, top_k: int = 10, *, kind: str | None = None
+    ) -> list[tuple[str, float]]:
+        top_k = check.check_top_k(top_k)
+        return self.search_by_vector(self.encode_texts([text])[0], top_k, kind=kind)
+
+    # -- backfill ------------------------------------------------------------------------------------
+    def backfill_embeddings(
+        self,
+        batch_size: int = 100,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[BackfillResult], None] | None = None,
+    ) -> BackfillResult:
+        """Embed missing records, re-embed stale ones, drop vectors of vanished records.
+
+        Stale means: the text changed, the model changed, or the vector's embedding_version is
+        older than the store's. Each batch is one model call and one committed transaction, so
+        a killed backfill resumes where it stopped. A record that fails is reported and skipped.
+        """
+        batch_size = check.check_batch_size(batch_size)
+        result = BackfillResult(dry_run=dry_run)
+        started = time.perf_counter()
+        with self._lock:
+            self._ensure_open()
+            self._sync()
+            states = self._store.states()
+            seen: set[str] = set()
+            batch: list[tuple[str, Any, str, str]] = []
+            is_new: dict[str, bool] = {}
+            try:
+                for record_id, record, kind in self.iter_records():
+                    try:
+                        key = check.record_key(record_id)
+                        kind = check.check_kind(kind, self.embedding_kinds)
+                    except InvalidInputError as exc:
+                        result.failed += 1
+                        result.failures.append((repr(record_id), str(exc)))
+                        continue
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    result.last_record_id = key
+                    state = states.get(key)
+                    try:
+                        digest, _ = self._fingerprint(record)
+                    except Exception as exc:  # noqa: BLE001
+                        result.failed += 1
+                        result.failures.append((key, str(exc)))
+                        continue
+                    if (
+                        state is not None
+                        and state.text_hash == digest
+                        and state.model == self.model_id
+                        and state.embedding_version >= self.embedding_version
+                    ):
+                        result.unchanged += 1
+                        continue
+                    is_new[key] = state is None
+                    batch.append((key, record, kind, ""))
+                    if len(batch) >= batch_size:
+                        self._backfill_batch(batch, is_new, result)
+                        batch, is_new = [], {}
+                        if progress:
+                            progress(result)
+                if batch:
+                    self._backfill_batch(batch, is_new, result)
+                gone = [key for key in states if key not in seen]
+                result.removed = len(gone)
+                if gone and not dry_run:
+                    self._store.remove(gone)
+                    self._sync()
+            except KeyboardInterrupt as exc:
+                result.interrupted = True
+                result.seconds = time.perf_counter() - started
+                self._sync()
+                raise BackfillInterrupted(result) from exc
+            if not dry_run:
+                self.save_index()
+        result.seconds = time.perf_counter() - started
+        if progress:
+            progress(result)
+        return result
+
+    def _backfill_batch(
+        self, batch: list[tuple[str, Any, str, str]], is_new: dict[str, bool], result
+    ) -> None:
+        if result.dry_run:
+            for key, *_ in batch:
+                if is_new[key]:
+                    result.embedded += 1
+                else:
+                    result.reembedded += 1
+            return
+        rows, failures = self._make_rows(batch)
+        for key, error in failures:
+            result.failed += 1
+            result.failures.append((key, str(error)))
+            log.warning("backfill: record %r failed: %s", key, error)
+        self._write(rows)
+        for row in rows:
+            if is_new[row.record_id]:
+                result.embedded += 1
+            else:
+                result.reembedded += 1
+
+    # -- keeping the live index current --------------------------------------------------------------
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise EmbeddingError(f"{type(self).__name__} is closed")
+
+    def _refresh(self) -> None:
+        """Pick up what other connections committed since we last looked (cheap when nothing)."""
+        if self._store.data_version() != self._data_version:
+            self._sync()
+            self._maybe_compact()
+
+    def _sync(self) -> None:
+        changes = self._store.changes_since(self._live.synced_seq)
+        if changes:
+            self._live.apply(changes, self.model_id)
+        self._data_version = self._store.data_version()
+
+    def _pending_limit(self) -> int:
+        return min(max(len(self._live.in_backend) // 2, MIN_PENDING), MAX_PENDING)
+
+    def _maybe_compact(self) -> None:
+        if self._live.pending > self._pending_limit():
+            with self._files_locked():
+                self._sync()
+                self._compact()
+                self._write_files()
+
+    def _compact(self) -> None:
+        """Fold the delta and tombstones into the backend: in place, or by a bulk rebuild."""
+        if self._live.pending and not self._live.fold_in_place():
+            self._live = self._rebuild_live()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Consistent reads across several queries (one WAL snapshot)."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.commit()
+
+    def _current_dim(self) -> int | None:
+        model, dim = self._store.identity()
+        return dim if model == self.model_id else None
+
+    def _rebuild_live(self) -> LiveIndex:
+        """A fresh live index from the vectors in SQLite; nothing is re-encoded."""
+        with self._snapshot():
+            seq = self._store.last_seq()
+            dim = self._current_dim()
+            if dim is None:
+                return LiveIndex(None, None, (), seq, self._live_generation())
+            labels, matrix = self._store.live_vectors(self.model_id, dim)
+            records = [
+                (label, record_id, kind)
+                for label, record_id, kind, *_ in self._store.mapping(self.model_id, dim)
+            ]
+        backend = None
+        if len(labels):
+            backend = self._new_backend(dim)
+            backend.build(labels, matrix)
+        return LiveIndex(backend, dim, records, seq, self._live_generation())
+
+    def _live_generation(self) -> int:
+        live = getattr(self, "_live", None)
+        return live.generation if live is not None else 0
+
+    # -- files -----------------------------------------------------------------------------------------
+    @contextmanager
+    def _files_locked(self) -> Iterator[None]:
+        if self._file_lock is None:
+            yield
+            return
+        try:
+            with self._file_lock:
+                yield
+        except Timeout as exc:
+            raise EmbeddingError(
+                f"another process has held {self._file_lock.lock_file} for "
+                f"{LOCK_TIMEOUT_SECONDS} s; if none is running, delete the lock file"
+            ) from exc
+
+    def _open_live(self) -> LiveIndex:
+        """Load the index files if they are this store's and intact; else rebuild them."""
+        if self.index_path is None:
+            self._live = None  # type: ignore[assignment]
+            return self._rebuild_live()
+        with self._files_locked():
+            manifest = self._read_own_manifest()
+            live = self._load_files(manifest) if manifest is not None else None
+            if live is None:
+                self._live = None  # type: ignore[assignment]
+                live = self._rebuild_live()
+                if manifest is not None:
+                    live.generation = manifest.generation
+                self._live = live
+                self._write_files()
+            else:
+                self._live = live
+                self._sync()
+                if live.pending > self._pending_limit():
+                    self._compact()
+                    self._write_files()
+        return self._live
+
+    def _read_own_manifest(self) -> Manifest | None:
+        """The manifest if it is usable; None (after one warning) when missing or damaged.
+
+        A manifest of another store, model or dimension is refused, never overwritten.
+        """
+        try:
+            manifest = read_manifest(self.metadata_path)
+        except ManifestError as exc:
+            log.warning(
+                "embedding metadata %s is damaged (%s): rebuilding the index from the vectors "
+                "in SQLite", self.metadata_path, exc,
+            )
+            return None
+        if manifest is None:
+            if self._store.count():
+                log.warning(
+                    "embedding metadata %s is missing: rebuilding the index from the vectors in "
+                    "SQLite", self.metadata_path,
+                )
+            return None
+        if manifest.store_id != self._store.store_id:
+            raise StoreConflictError(
+                f"{self.metadata_path} belongs to another store ({manifest.database}): give "
+                "each store its own index_path and metadata_path"
+            )
+        if manifest.model is not None and manifest.model != self.model_id and not (
+            self._allow_model_change
+        ):
+            raise ModelConflictError(
+                f"{self.metadata_path} holds vectors of model {manifest.model!r}, not "
+                f"{self.model_id!r}: open the store with that model, or pass "
+                "allow_model_change=True and re-embed with backfill_embeddings()"
+            )
+        dim = self._current_dim()
+        if manifest.model == self.model_id and None not in (manifest.dim, dim) and (
+            manifest.dim != dim
+        ):
+            raise StoreConflictError(
+                f"{self.metadata_path} describes {manifest.dim}-dimensional vectors but the "
+                f"store holds {dim}-dimensional ones: delete the file to rebuild it"
+            )
+        return manifest
+
+    def _load_files(self, manifest: Manifest) -> LiveIndex | None:
+        """The live index from intact files; None (after one warning) when they can't be used."""
+        if manifest.backend != self.backend_name or manifest.params != self._params():
+            log.info(
+                "index %s was built by %s %s; rebuilding it for %s %s from stored vectors",
+                self.index_path, manifest.backend, manifest.params, self.backend_name,
+                self._params(),
+            )
+            return None
+        if manifest.model != self.model_id and manifest.model is not None:
+            return None  # an allowed model change: the old index is of no use
+        if manifest.synced_seq > self._store.last_seq():
+            log.warning(
+                "index %s is newer than its database (was the database restored from a "
+                "backup?): rebuilding it from SQLite", self.index_path,
+            )
+            return None
+        records = [(row[0], row[1], row[2]) for row in manifest.records]
+        if not records:
+            return LiveIndex(None, manifest.dim, (), manifest.synced_seq, manifest.generation)
+        try:
+            size, checksum = file_checksum(self.index_path)
+            if (size, checksum) != (manifest.index_size, manifest.index_checksum):
+                raise CorruptIndexError("its checksum does not match the metadata")
+            backend = self._new_backend(manifest.dim)
+            backend.load(self.index_path, np.array([r[0] for r in records], np.int64))
+        except (OSError, ValueError, RuntimeError, CorruptIndexError) as exc:
+            log.warning(
+                "index %s cannot be used (%s): rebuilding it from the vectors in SQLite",
+                self.index_path, exc,
+            )
+            return None
+        self._remember_files()
+        return LiveIndex(backend, manifest.dim, records, manifest.synced_seq, manifest.generation)
+
+    def _params(self) -> dict[str, Any]:
+        return self._new_backend(2).params()
+
+    def _remember_files(self) -> None:
+        stat = os.stat(self.metadata_path)
+        self._files_stamp = (stat.st_mtime_ns, stat.st_size)
+
+    def _files_current(self) -> bool:
+        """True when the files on disk are the ones we last wrote or loaded."""
+        try:
+            stat = os.stat(self.metadata_path)
+        except OSError:
+            return False
+        return self._files_stamp == (stat.st_mtime_ns, stat.st_size)
+
+    def _write_files(self) -> None:
+        """Write the (compacted) backend and its manifest; call under the file lock."""
+        if self.index_path is None:
+            return
+        live = self._live
+        assert live.pending == 0, "compact before writing files"
+        on_disk = 0
+        try:
+            previous = read_manifest(self.metadata_path)
+            if previous is not None:
+                if previous.store_id != self._store.store_id:
+                    raise StoreConflictError(
+                        f"{self.metadata_path} now belongs to another store ({previous.database})"
+                        ": give each store its own index_path and metadata_path"
+                    )
+                on_disk = previous.generation
+        except ManifestError:
+            pass
+        generation = max(on_disk, live.generation) + 1
+        size = checksum = None
+        if live.backend is not None and len(live.backend):
+            atomic_write(self.index_path, live.backend.save)
+            size, checksum = file_checksum(self.index_path)
+        elif os.path.exists(self.index_path):
+            os.unlink(self.index_path)
+        extras = {}
+        if live.dim is not None:
+            extras = {
+                label: (source_id, created_at, version)
+                for label, _, _, source_id, created_at, version in self._store.mapping(
+                    self.model_id, live.dim
+                )
+            }
+        records = [
+            [label, record_id, kind, *extras.get(label, ("", "", self.embedding_version))]
+            for label, (record_id, kind) in sorted(live.info.items())
+        ]
+        manifest = Manifest(
+            store_id=self._store.store_id,
+            database=self._database_name(),
+            model=self.model_id if live.dim is not None else None,
+            dim=live.dim,
+            backend=self.backend_name,
+            params=self._params(),
+            embedding_version=self.embedding_version,
+            generation=generation,
+            synced_seq=live.synced_seq,
+            index_size=size,
+            index_checksum=checksum,
+            records=records,
+        )
+        write_manifest(self.metadata_path, manifest)
+        live.generation = generation
+        self._remember_files()
+
+    # -- flushing, verifying, rebuilding ----------------------------------------------------------------
+    def save_index(self) -> None:
+        """Flush: fold pending changes into the backend and write the index and metadata."""
+        with self._lock:
+            self._ensure_open()
+            if self.conn.in_transaction:
+                raise EmbeddingError("commit or roll back the open transaction before save_index()")
+            with self._files_locked():
+                self._sync()
+                if self._live.pending == 0 and self._files_current():
+                    return
+                self._compact()
+                self._write_files()
+
+    def load_index(self) -> None:
+        """Drop the in-memory index and load it again from the files (or rebuild them)."""
+        with self._lock:
+            self._ensure_open()
+            self._live = self._open_live()
+
+    def rebuild_index(self) -> None:
+        """Rebuild the index from the vectors in SQLite (no re-encoding) and write it."""
+        with self._lock:
+            self._ensure_open()
+            with self._files_locked():
+                self._live = self._rebuild_live()
+                self._write_files()
+
+    def verify_index(self, *, repair: bool = False) -> VerifyReport:
+        """Compare SQLite, the live index and the files; with ``repair``, rebuild on problems."""
+        with self._lock:
+            self._ensure_open()
+            self._sync()
+            report = self._verify()
+            if repair and not report.ok:
+                self.rebuild_index()
+                report = self._verify()
+                report.repaired = True
+        return report
+
+    def _verify(self) -> VerifyReport:
+        problems: list[str] = []
+        dim = self._live.dim or self._current_dim()
+        with self._snapshot():
+            seq = self._store.last_seq()
+            stored = (
+                {row[1] for row in self._store.mapping(self.model_id, dim)} if dim else set()
+            )
+        live_ids = set(self._live.label_of)
+        if self._live.synced_seq < seq:
+            self._sync()
+            live_ids = set(self._live.label_of)
+        if stored != live_ids:
+            problems.append(
+                f"live index holds {len(live_ids)} vectors, SQLite {len(stored)} "
+                f"({len(stored - live_ids)} missing, {len(live_ids - stored)} extra)"
+            )
+        metadata_count = file_count = None
+        pending = 0
+        if self.index_path is not None:
+            try:
+                manifest = read_manifest(self.metadata_path)
+            except ManifestError as exc:
+                manifest = None
+                problems.append(f"metadata {self.metadata_path} is damaged: {exc}")
+            else:
+                if manifest is None:
+                    problems.append(f"metadata {self.metadata_path} is missing")
+            if manifest is not None:
+                metadata_count = manifest.count
+                pending = len(self._store.changes_since(manifest.synced_seq))
+                file_count, problem = self._check_index_file(manifest)
+                if problem:
+                    problems.append(problem)
+                if manifest.store_id != self._store.store_id:
+                    problems.append(f"metadata {self.metadata_path} belongs to another store")
+                if manifest.synced_seq > seq:
+                    problems.append("metadata is newer than the database")
+        return VerifyReport(
+            sqlite_count=len(stored),
+            index_count=len(live_ids),
+            metadata_count=metadata_count,
+            file_count=file_count,
+            pending_changes=pending,
+            problems=problems,
+        )
+
+    def _check_index_file(self, manifest: Manifest) -> tuple[int | None, str | None]:
+        if manifest.count == 0:
+            return 0, None
+        try:
+            if file_checksum(self.index_path) != (manifest.index_size, manifest.index_checksum):
+                return None, f"index file {self.index_path} does not match its metadata checksum"
+            backend = self._new_backend(manifest.dim)
+            backend.load(self.index_path, np.array([r[0] for r in manifest.records], np.int64))
+            return len(backend), None
+        except (OSError, ValueError, RuntimeError) as exc:
+            return None, f"index file {self.index_path} cannot be read: {exc}"
+
+    def close(self) -> None:
+        """Flush pending changes to the index files. The connection stays the caller's."""
+        with self._lock:
+            if self._closed:
+                return
+            if not self.conn.in_transaction:
+                try:
+                    self.save_index()
+                except sqlite3.ProgrammingError:  # the connection was closed first
+                    pass
+            self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,58 @@
+"""What backfill and verify tell their caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class BackfillResult:
+    """Counts of what one backfill did, and where it stopped if it was interrupted."""
+
+    embedded: int = 0
+    reembedded: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    dry_run: bool = False
+    interrupted: bool = False
+    last_record_id: str | None = None
+
+    @property
+    def processed(self) -> int:
+        """Records looked at (vectors removed for vanished records are not records)."""
+        return self.embedded + self.reembedded + self.unchanged + self.failed
+
+    def merge(self, other: BackfillResult) -> None:
+        for name in ("embedded", "reembedded", "removed", "unchanged", "failed", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures += other.failures
+
+
+class BackfillInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a backfill: committed batches stay; ``result`` says how far it got."""
+
+    def __init__(self, result: BackfillResult) -> None:
+        super().__init__(f"backfill interrupted after record {result.last_record_id!r}")
+        self.result = result
+
+
+@dataclass
+class VerifyReport:
+    """Counts in SQLite, in the live index and in the files, and whether they agree."""
+
+    sqlite_count: int
+    index_count: int
+    metadata_count: int | None
+    file_count: int | None
+    pending_changes: int
+    problems: list[str] = field(default_factory=list)
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    agree = ok

@@ -1,0 +1,363 @@
+"""The embeddings table in the store's own SQLite database: the source of truth for vectors.
+
+Every vector is a float32 BLOB in a row keyed by ``record_id``. Each row has an integer ``label``
+(its rowid, never reused by another record) that the vector indexes use as item id, and a
+``seq`` taken from a per-table counter on every change. Index files remember the highest ``seq``
+they contain, so any process can bring an index up to date by reading only the rows changed
+since (``changes_since``) instead of rebuilding. Removals are soft (``deleted = 1``, vector
+dropped) so that they also carry a ``seq`` and reach every process's index.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+FETCH_CHUNK = 10_000
+
+
+def utc_now() -> str:
+    """A timezone-aware UTC ISO timestamp, taken now (never at import)."""
+    return datetime.now(UTC).isoformat()
+
+
+def vector_to_blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def blob_to_vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4")
+
+
+@dataclass(frozen=True, slots=True)
+class VectorRow:
+    """One embedding to write: what it is, what it was made from and by which model."""
+
+    record_id: str
+    kind: str
+    source_id: str
+    vector: np.ndarray
+    text_hash: str
+    model: str
+    embedding_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A row changed after some ``seq``: an upsert, or a removal when ``vector`` is None."""
+
+    label: int
+    record_id: str
+    kind: str
+    model: str | None
+    vector: np.ndarray | None
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What backfill compares against to decide whether a record's vector is stale."""
+
+    text_hash: str
+    model: str
+    embedding_version: int
+
+
+class EmbeddingStore:
+    """Reads and writes one embeddings table (and its ``<table>_meta`` companion)."""
+
+    def __init__(self, conn: sqlite3.Connection, table: str = "embeddings") -> None:
+        if not _IDENTIFIER.match(table):
+            raise ValueError(f"embedding table name {table!r} is not a plain SQL identifier")
+        self.conn = conn
+        self.table = table
+        self.meta_table = f"{table}_meta"
+
+    # -- schema and store identity ------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Create the tables once; WAL and a busy timeout let several processes share the file."""
+        conn = self.conn
+        conn.execute("PRAGMA busy_timeout = 30000")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            if not conn.in_transaction:
+                conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (self.meta_table,)
+        ).fetchone()
+        if exists:
+            return
+        with self.write():
+            conn.execute(
+                f"""CREATE TABLE IF NOT EXISTS {self.table} (
+                    label INTEGER PRIMARY KEY,
+                    record_id TEXT NOT NULL UNIQUE,
+                    kind TEXT NOT NULL,
+                    source_id TEXT NOT NULL DEFAULT '',
+                    vector BLOB,
+                    dim INTEGER,
+                    model TEXT,
+                    text_hash TEXT,
+                    embedding_version INTEGER,
+                    created_at TEXT NOT NULL,
+                    updated_at TEXT NOT NULL,
+                    seq INTEGER NOT NULL,
+                    deleted INTEGER NOT NULL DEFAULT 0
+                )"""
+            )
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_seq ON {self.table}(seq)")
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.meta_table} "
+                "(key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            conn.executemany(
+                f"INSERT OR IGNORE INTO {self.meta_table}(key, value) VALUES (?, ?)",
+                [("store_id", uuid.uuid4().hex), ("seq", "0"), ("created_at", utc_now())],
+            )
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute(
+            f"SELECT value FROM {self.meta_table} WHERE key = ?", (key,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set one meta value; call inside ``write()``."""
+        self.conn.execute(
+            f"INSERT INTO {self.meta_table}(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    @property
+    def store_id(self) -> str:
+        value = self.meta("store_id")
+        assert value is not None, "ensure_schema() must run first"
+        return value
+
+    def identity(self) -> tuple[str | None, int | None]:
+        """The (model, dimension) the store's vectors are made with, once it has any."""
+        dim = self.meta("dim")
+        return self.meta("model"), (int(dim) if dim is not None else None)
+
+    # -- transactions ---------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """One write transaction, committed on success (with anything the caller had pending).
+
+        BEGIN IMMEDIATE takes the write lock up front, so the busy timeout applies and the
+        ``seq`` values handed out are in commit order across processes.
+        """
+        conn = self.conn
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+    def _next_seqs(self, n: int) -> int:
+        """Reserve ``n`` sequence numbers; returns the first. Call inside ``write()``."""
+        (last,) = self.conn.execute(
+            f"UPDATE {self.meta_table} SET value = CAST(value AS INTEGER) + ? "
+            "WHERE key = 'seq' RETURNING CAST(value AS INTEGER)",
+            (n,),
+        ).fetchone()
+        return last - n + 1
+
+    # -- writes ------------------------------------------------------------------------------
+    def upsert(self, rows: list[VectorRow]) -> None:
+        """Insert or replace vectors; a record keeps its label across updates."""
+        if not rows:
+            return
+        now = utc_now()
+        with self.write():
+            first = self._next_seqs(len(rows))
+            self.conn.executemany(
+                f"""INSERT INTO {self.table} (record_id, kind, source_id, vector, dim, model,
+                        text_hash, embedding_version, created_at, updated_at, seq, deleted)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
+                    ON CONFLICT(record_id) DO UPDATE SET
+                        kind = excluded.kind, source_id = excluded.source_id,
+                        vector = excluded.vector, dim = excluded.dim, model = excluded.model,
+                        text_hash = excluded.text_hash,
+                        embedding_version = excluded.embedding_version,
+                        created_at = CASE WHEN deleted THEN excluded.created_at
+                                          ELSE created_at END,
+                        updated_at = excluded.updated_at, seq = excluded.seq, deleted = 0""",
+                [
+                    (
+                        r.record_id,
+                        r.kind,
+                        r.source_id,
+                        vector_to_blob(r.vector),
+                        int(r.vector.shape[0]),
+                        r.model,
+                        r.text_hash,
+                        r.embedding_version,
+                        now,
+                        now,
+                        first + i,
+                    )
+                    for i, r in enumerate(rows)
+                ],
+            )
+            model, dim = self.identity()
+            if model != rows[-1].model or dim != rows[-1].vector.shape[0]:
+                self.set_meta("model", rows[-1].model)
+                self.set_meta("dim", str(int(rows[-1].vector.shape[0])))
+
+    def remove(self, record_ids: Iterable[str]) -> set[str]:
+        """Soft-delete vectors; returns the ids that had one."""
+        ids = list(dict.fromkeys(record_ids))
+        if not ids:
+            return set()
+        removed: set[str] = set()
+        with self.write():
+            present = self._present(ids)
+            if present:
+                first = self._next_seqs(len(present))
+                now = utc_now()
+                self.conn.executemany(
+                    f"UPDATE {self.table} SET deleted = 1, vector = NULL, updated_at = ?, "
+                    "seq = ? WHERE record_id = ?",
+                    [(now, first + i, rid) for i, rid in enumerate(present)],
+                )
+                removed.update(present)
+        return removed
+
+    def set_embedding_version(self, record_ids: Iterable[str], version: int) -> set[str]:
+        """Mark vectors as current for ``version`` without re-encoding them."""
+        ids = list(dict.fromkeys(record_ids))
+        changed: set[str] = set()
+        if not ids:
+            return changed
+        with self.write():
+            present = self._present(ids)
+            if present:
+                first = self._next_seqs(len(present))
+                self.conn.executemany(
+                    f"UPDATE {self.table} SET embedding_version = ?, updated_at = ?, seq = ? "
+                    "WHERE record_id = ?",
+                    [(version, utc_now(), first + i, rid) for i, rid in enumerate(present)],
+                )
+                changed.update(present)
+        return changed
+
+    def _present(self, ids: list[str]) -> list[str]:
+        present = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            present += [
+                r[0]
+                for r in self.conn.execute(
+                    f"SELECT record_id FROM {self.table} "
+                    f"WHERE deleted = 0 AND record_id IN ({marks})",
+                    chunk,
+                )
+            ]
+        return present
+
+    # -- reads -------------------------------------------------------------------------------
+    def last_seq(self) -> int:
+        return int(self.meta("seq") or 0)
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: a cheap "anything new?" check."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def changes_since(self, seq: int) -> list[Change]:
+        rows = self.conn.execute(
+            f"SELECT label, record_id, kind, model, deleted, vector, seq FROM {self.table} "
+            "WHERE seq > ? ORDER BY seq",
+            (seq,),
+        ).fetchall()
+        return [
+            Change(
+                label=label,
+                record_id=record_id,
+                kind=kind,
+                model=model,
+                vector=None if deleted or blob is None else blob_to_vector(blob),
+                seq=row_seq,
+            )
+            for label, record_id, kind, model, deleted, blob, row_seq in rows
+        ]
+
+    def live_vectors(self, model: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """All current vectors of one model: (labels sorted ascending, float32 matrix)."""
+        count = self.count(model, dim)
+        labels = np.empty(count, dtype=np.int64)
+        matrix = np.empty((count, dim), dtype=np.float32)
+        cursor = self.conn.execute(
+            f"SELECT label, vector FROM {self.table} "
+            "WHERE deleted = 0 AND model = ? AND dim = ? ORDER BY label",
+            (model, dim),
+        )
+        filled = 0
+        while rows := cursor.fetchmany(FETCH_CHUNK):
+            end = filled + len(rows)
+            if end > count:  # rows committed by another process since count(): grow.
+                labels = np.resize(labels, end)
+                matrix = np.resize(matrix, (end, dim))
+            labels[filled:end] = [r[0] for r in rows]
+            matrix[filled:end] = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(
+                len(rows), dim
+            )
+            filled = end
+        return labels[:filled], matrix[:filled]
+
+    def mapping(self, model: str, dim: int) -> Iterator[tuple]:
+        """(label, record_id, kind, source_id, created_at, embedding_version) of live vectors."""
+        return self.conn.execute(
+            f"SELECT label, record_id, kind, source_id, created_at, embedding_version "
+            f"FROM {self.table} WHERE deleted = 0 AND model = ? AND dim = ? ORDER BY label",
+            (model, dim),
+        )
+
+    def states(self) -> dict[str, StoredState]:
+        """record_id -> what its vector was made from, for every live vector."""
+        return {
+            rid: StoredState(text_hash or "", model or "", version or 0)
+            for rid, text_hash, model, version in self.conn.execute(
+                f"SELECT record_id, text_hash, model, embedding_version FROM {self.table} "
+                "WHERE deleted = 0"
+            )
+        }
+
+    def get_vector(self, record_id: str) -> np.ndarray | None:
+        row = self.conn.execute(
+            f"SELECT vector FROM {self.table} WHERE record_id = ? AND deleted = 0", (record_id,)
+        ).fetchone()
+        return None if row is None or row[0] is None else blob_to_vector(row[0])
+
+    def record_info(self, record_id: str) -> dict | None:
+        row = self.conn.execute(
+            f"SELECT label, kind, source_id, model, dim, text_hash, embedding_version, "
+            f"created_at, updated_at FROM {self.table} WHERE record_id = ? AND deleted = 0",
+            (record_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        keys = ("label", "kind", "source_id", "model", "dim", "text_hash",
+                "embedding_version", "created_at", "updated_at")
+        return dict(zip(keys, row, strict=True))
+
+    def count(self, model: str | None = None, dim: int | None = None) -> int:
+        if model is None:
+            sql, args = f"SELECT COUNT(*) FROM {self.table} WHERE deleted = 0", ()
+        else:
+            sql = f"SELECT COUNT(*) FROM {self.table} WHERE deleted = 0 AND model = ? AND dim = ?"
+            args = (model, dim)
+        return self.conn.execute(sql, args).fetchone()[0]

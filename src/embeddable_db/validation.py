@@ -1,0 +1,112 @@
+"""Checks on everything a caller hands in, done before anything is written.
+
+Each failure raises an ``InvalidInputError`` (a ``ValueError``) that names the problem and
+what to do, so bad input never reaches SQLite or an index.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .errors import DimensionMismatchError, InvalidInputError, InvalidVectorError
+
+MAX_ID_CHARS = 1024
+# The default model reads at most 256 tokens (~1,500 characters); cutting far beyond that
+# only spares the tokenizer from megabytes of text. The hash still covers the whole text.
+MAX_ENCODED_CHARS = 20_000
+
+
+def record_key(record_id: Any) -> str:
+    """Record ids are stored as strings: ints and non-empty strings are accepted."""
+    if isinstance(record_id, bool) or record_id is None:
+        raise InvalidInputError(f"record_id must be a str or int, got {record_id!r}")
+    if isinstance(record_id, numbers.Integral):
+        return str(int(record_id))
+    if isinstance(record_id, str):
+        if not record_id.strip():
+            raise InvalidInputError("record_id is empty: give each record a non-empty id")
+        if len(record_id) > MAX_ID_CHARS:
+            raise InvalidInputError(f"record_id is longer than {MAX_ID_CHARS} characters")
+        _check_unicode(record_id, "record_id")
+        return record_id
+    raise InvalidInputError(
+        f"record_id must be a str or int, got {type(record_id).__name__}: {record_id!r}"
+    )
+
+
+def check_kind(kind: Any, allowed: tuple[str, ...] | None = None) -> str:
+    if not isinstance(kind, str) or not kind.strip():
+        raise InvalidInputError(f"kind must be a non-empty str, got {kind!r}")
+    if allowed is not None and kind not in allowed:
+        raise InvalidInputError(f"unknown kind {kind!r}: choose one of {', '.join(allowed)}")
+    return kind
+
+
+def check_top_k(top_k: Any) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        raise InvalidInputError(f"top_k must be a positive int, got {top_k!r}")
+    return int(top_k)
+
+
+def check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or (
+        batch_size < 1
+    ):
+        raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
+
+
+def check_text(text: Any) -> str:
+    """Text to encode: a non-empty str (UTF-8 bytes are decoded)."""
+    if text is None:
+        raise InvalidInputError("text is None: pass a non-empty string")
+    if isinstance(text, bytes | bytearray):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError(
+                f"text is not valid UTF-8 ({exc.reason} at byte {exc.start}): decode it first"
+            ) from exc
+    if not isinstance(text, str):
+        raise InvalidInputError(f"text must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise InvalidInputError("text is empty: there is nothing to embed")
+    _check_unicode(text, "text")
+    return text
+
+
+def _check_unicode(value: str, what: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{what} contains characters that are not valid Unicode ({exc.reason})"
+        ) from exc
+
+
+def check_vector(vector: Any, dim: int | None, model: str | None = None) -> np.ndarray:
+    """A finite, non-zero 1-D vector of the store's dimension, returned L2-normalised float32."""
+    if vector is None:
+        raise InvalidVectorError("vector is None: pass a list or array of floats")
+    try:
+        array = np.asarray(vector, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidVectorError(f"vector is not a sequence of numbers ({exc})") from exc
+    if array.ndim != 1 or array.shape[0] == 0:
+        raise InvalidVectorError(
+            f"vector must be a non-empty 1-D sequence of floats, got shape {array.shape}"
+        )
+    if dim is not None and array.shape[0] != dim:
+        raise DimensionMismatchError(
+            f"vector has {array.shape[0]} dimensions but this store holds {dim}-dimensional "
+            f"vectors{f' of model {model}' if model else ''}"
+        )
+    if not np.all(np.isfinite(array)):
+        raise InvalidVectorError("vector contains NaN or infinity")
+    norm = float(np.linalg.norm(array))
+    if norm == 0.0:
+        raise InvalidVectorError("vector is all zeros: it has no direction to compare")
+    return (array / norm).astype(np.float32)

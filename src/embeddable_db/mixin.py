@@ -754,6 +754,8 @@ class EmbeddableDBMixin:
 
     def _files_current(self) -> bool:
         """True when the files on disk are the ones we last wrote or loaded."""
+        if self.metadata_path is None:
+            return True
         try:
             stat = os.stat(self.metadata_path)
         except OSError:

@@ -1,0 +1,110 @@
+"""Shared fixtures: a small notes store, a counting fake encoder, and the real model (once)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import numpy as np
+import pytest
+
+from embeddable_db import EmbeddableDBMixin, HashingEncoder
+
+
+class CountingEncoder(HashingEncoder):
+    """The hashing encoder, counting model calls so tests can prove what was (not) encoded."""
+
+
+class NotesDB(EmbeddableDBMixin):
+    """The README's example store: one table, text embedded in batches."""
+
+    def __init__(self, path, **options):
+        self.conn = sqlite3.connect(path)
+        self.conn.execute("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
+        self.conn.commit()
+        super().__init__(**options)
+
+    def embedding_text(self, record):
+        return record["body"]
+
+    def iter_records(self):
+        for rid, body in self.conn.execute("SELECT id, body FROM notes ORDER BY id"):
+            yield rid, {"body": body}, "note"
+
+    def add_note(self, body: str) -> int:
+        cur = self.conn.execute("INSERT INTO notes(body) VALUES (?)", (body,))
+        self.conn.commit()
+        return cur.lastrowid
+
+
+class VectorDB(EmbeddableDBMixin):
+    """A store that supplies ready-made vectors through ``vector()`` (the seed's contract)."""
+
+    def __init__(self, path, **options):
+        self.conn = sqlite3.connect(path)
+        self.conn.execute("CREATE TABLE IF NOT EXISTS items(id TEXT PRIMARY KEY, vec TEXT)")
+        self.conn.commit()
+        options.setdefault("model_name", "precomputed")
+        super().__init__(**options)
+
+    def vector(self, record):
+        return record["vec"]
+
+    def iter_records(self):
+        import json
+
+        for rid, vec in self.conn.execute("SELECT id, vec FROM items ORDER BY id"):
+            yield rid, {"vec": json.loads(vec)}, "item"
+
+
+@pytest.fixture
+def encoder():
+    return CountingEncoder(32)
+
+
+@pytest.fixture
+def make_notes(tmp_path, encoder):
+    """Open (or reopen) a NotesDB in tmp_path; closes everything at the end."""
+    opened = []
+
+    def make(name="notes.db", **options):
+        options.setdefault("encoder", encoder)
+        db = NotesDB(str(tmp_path / name), **options)
+        opened.append(db)
+        return db
+
+    yield make
+    for db in opened:
+        try:
+            db.close()
+        finally:
+            db.conn.close()
+
+
+def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def sqlite_dump(path) -> list[str]:
+    conn = sqlite3.connect(str(path))
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def file_bytes(*paths) -> dict:
+    return {str(p): (open(p, "rb").read() if os.path.exists(p) else None) for p in paths}
+
+
+@pytest.fixture(scope="session")
+def real_encoder():
+    """The real default model, loaded once per test session on one torch thread."""
+    os.environ.setdefault("EMBEDDABLE_DB_THREADS", "1")
+    from embeddable_db import get_encoder
+
+    enc = get_encoder()
+    enc.model  # noqa: B018 - load now, so the first test does not pay alone
+    return enc

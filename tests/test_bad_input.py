@@ -9,8 +9,8 @@ import sqlite3
 import sys
 
 import pytest
-from conftest import NotesDB, file_bytes, sqlite_dump
 
+from conftest import NotesDB, file_bytes, sqlite_dump
 from embeddable_db import (
     BackendUnavailableError,
     DimensionMismatchError,

@@ -10,8 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import NotesDB
 
+from conftest import NotesDB
 from embeddable_db import DEFAULT_MODEL, HashingEncoder, get_encoder
 from embeddable_db.encoder import default_model_path, model_identity
 

@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import NotesDB, VectorDB, unit_vectors
 
+from conftest import NotesDB, VectorDB, unit_vectors
 from embeddable_db import (
     BackfillResult,
     EmbeddingError,

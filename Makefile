@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests scripts benchmarks demo
+	$(PY) -m ruff check .
 
 test: lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q

@@ -52,6 +52,8 @@ class SentenceTransformerEncoder:
     def __init__(self, model_name: str = DEFAULT_MODEL, device: str | None = None) -> None:
         self.model_name = model_name
         self.device = device or "cpu"
+        self.calls = 0
+        self.texts_encoded = 0
         self._model = None
         self._lock = threading.Lock()
 
@@ -83,6 +85,8 @@ class SentenceTransformerEncoder:
         return int(self.model.get_sentence_embedding_dimension())
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        self.calls += 1
+        self.texts_encoded += len(texts)
         vectors = self.model.encode(
             list(texts),
             batch_size=batch_size,

@@ -71,12 +71,15 @@ class SentenceTransformerEncoder:
             # The weights are local; make sure nothing tries the hub.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a library prints no bars
         import torch
+        import transformers
         from sentence_transformers import SentenceTransformer
 
         threads = os.environ.get(THREADS_ENV)
         if threads:
             torch.set_num_threads(max(1, int(threads)))
+        transformers.utils.logging.disable_progress_bar()
         log.info("loading sentence-transformers model %s from %s", self.model_name, location)
         return SentenceTransformer(location, device=self.device)
 

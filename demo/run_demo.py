@@ -1,103 +1,102 @@
-"""The main job, small: embed a few hundred real texts with the default model and search them.
+"""The main job: six databases filled with demo records, backfilled, then searched.
 
-Texts are the first paragraphs of Python standard-library docstrings, so the demo needs no
-data download. Everything lands in demo/data/ (recreated on each run).
+1. creates the six databases under a fresh demo/data/ (the CLI's --data-dir);
+2. fills them from demo/records/*.json with plain SQL, as another application would;
+3. runs the documented command, scripts/backfill_embeddings.py, on all of them;
+4. runs a few `embeddable-db search` queries and `embeddable-db stats`.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import logging
-import pkgutil
+import json
 import shutil
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from embeddable_db import EmbeddableDBMixin
+from embeddable_db.databases import REGISTRY
 
-DATA = Path(__file__).parent / "data"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DATA = HERE / "data"
+RECORDS = HERE / "records"
+CLI = [sys.executable, "-m", "embeddable_db.cli"]
+
+# demo file -> (database, {key in the file: table}); a list file has one table under "".
+SOURCES = {
+    "bots.json": ("bot", {"": "bots"}),
+    "workflows.json": ("workflow", {"": "workflows"}),
+    "enhancements.json": ("enhancement", {"": "enhancements"}),
+    "errors.json": ("error", {k: k for k in ("errors", "known_errors", "discrepancies", "telemetry")}),
+    "research.json": ("info", {"": "info"}),
+    "information.json": ("information", {"": "information"}),
+}
 QUERIES = [
-    "compress files into an archive",
-    "parse command line arguments",
-    "send an email message",
-    "database connection timed out",
-    "run code concurrently in threads",
+    ("database connection timed out", []),
+    ("summarise customer emails", []),
+    ("why are my invoice totals off by a cent", []),
+    ("scraper keeps getting blocked by the website", ["--db", "error", "workflow"]),
+    ("GPU ran out of memory while training", ["--top-k", "3"]),
 ]
 
 
-class DocsDB(EmbeddableDBMixin):
-    """Docstrings of standard-library modules, one row per module."""
-
-    def __init__(self, path: Path, **options) -> None:
-        self.conn = sqlite3.connect(path)
-        self.conn.execute("CREATE TABLE IF NOT EXISTS docs(id INTEGER PRIMARY KEY, module TEXT, body TEXT)")
-        self.conn.commit()
-        super().__init__(**options)
-
-    def embedding_text(self, record: dict) -> str:
-        return f"{record['module']}: {record['body']}"
-
-    def iter_records(self):
-        for rid, module, body in self.conn.execute("SELECT id, module, body FROM docs"):
-            yield rid, {"module": module, "body": body}, "doc"
+def sql_value(value):
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return int(value)
+    return value
 
 
-def stdlib_docs(limit: int = 300) -> list[tuple[str, str]]:
-    """(module, first paragraph of its docstring) for importable stdlib modules."""
-    names = sorted(m.name for m in pkgutil.iter_modules() if m.name in sys.stdlib_module_names)
-    docs = []
-    for name in names:
-        if name.startswith("_") or name in {"antigravity", "this", "idlelib", "tkinter", "turtle"}:
-            continue
-        try:
-            module = importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - some modules need a display or a platform
-            continue
-        members = [(name, module)] + [
-            (f"{name}.{attr}", obj)
-            for attr, obj in sorted(vars(module).items())
-            if not attr.startswith("_")
-            and (inspect.isfunction(obj) or inspect.isclass(obj))
-            and getattr(obj, "__module__", None) == name
-        ][:3]
-        for label, obj in members:
-            doc = inspect.getdoc(obj) or ""
-            paragraph = doc.strip().split("\n\n")[0].replace("\n", " ").strip()
-            if len(paragraph) > 40:
-                docs.append((label, paragraph[:600]))
-        if len(docs) >= limit:
-            break
-    return docs[:limit]
+def insert_rows(conn: sqlite3.Connection, table: str, rows: list[dict]) -> int:
+    """Plain INSERTs, columns named after the record fields (``type_`` is column ``type``)."""
+    columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for row in rows:
+        values = {key.rstrip("_"): sql_value(v) for key, v in row.items()}
+        unknown = set(values) - columns
+        if unknown:
+            raise SystemExit(f"{table}: demo record has fields the table lacks: {sorted(unknown)}")
+        names = ", ".join(f'"{name}"' for name in values)
+        marks = ", ".join("?" for _ in values)
+        conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(values.values()))
+    return len(rows)
+
+
+def fill() -> None:
+    for filename, (name, tables) in SOURCES.items():
+        db = REGISTRY[name](data_dir=DATA)  # creates the tables; loads no model
+        db.close()
+        content = json.loads((RECORDS / filename).read_text(encoding="utf-8"))
+        conn = sqlite3.connect(DATA / name / f"{name}.db")
+        with conn:
+            counts = [
+                f"{insert_rows(conn, table, content if key == '' else content[key])} {table}"
+                for key, table in tables.items()
+            ]
+        conn.close()
+        print(f"  {name}: inserted {', '.join(counts)}")
+
+
+def run(command: list[str]) -> None:
+    shown = " ".join(c if c != sys.executable else "python" for c in command)
+    print(f"\n$ {shown}", flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING)
-    shutil.rmtree(DATA, ignore_errors=True)
-    DATA.mkdir(parents=True)
-    docs = stdlib_docs()
-    db = DocsDB(DATA / "docs.db")
-    db.conn.executemany("INSERT INTO docs(module, body) VALUES (?, ?)", docs)
-    db.conn.commit()
-    print(f"stored {len(docs)} standard-library docstrings in {DATA / 'docs.db'}")
-    print("loading the model and embedding (first use imports sentence-transformers) ...")
     started = time.perf_counter()
-
-    def progress(result) -> None:
-        print(f"  embedded {result.embedded} records", flush=True)
-
-    result = db.backfill_embeddings(batch_size=64, progress=progress)
-    print(f"backfill: {result.embedded} embedded, {result.failed} failed "
-          f"in {time.perf_counter() - started:.1f} s")
-    for query in QUERIES:
-        print(f"\nsearch: {query!r}")
-        modules = dict(db.conn.execute("SELECT id, module FROM docs"))
-        for record_id, distance in db.search_by_text(query, top_k=3):
-            print(f"  {distance:.3f}  {modules[int(record_id)]}")
-    print(f"\nverify: {db.verify_index()}")
-    db.close()
+    shutil.rmtree(DATA, ignore_errors=True)
+    print(f"creating six databases in {DATA.relative_to(ROOT)}/ and filling them with plain SQL")
+    fill()
+    data = ["--data-dir", str(DATA.relative_to(ROOT))]
+    run([sys.executable, "scripts/backfill_embeddings.py", *data, "--batch-size", "64"])
+    for query, extra in QUERIES:
+        run([*CLI, "search", query, *data, *extra])
+    run([*CLI, "stats", *data])
+    run([*CLI, "verify", *data])
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

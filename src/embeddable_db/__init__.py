@@ -1,5 +1,24 @@
 """embeddable_db: persistent vector embeddings and semantic search for SQLite-backed databases."""
 
+from .databases import (
+    REGISTRY,
+    BotDB,
+    BotRecord,
+    Discrepancy,
+    Enhancement,
+    EnhancementDB,
+    ErrorDB,
+    ErrorRecord,
+    InfoDB,
+    InformationDB,
+    InformationRecord,
+    KnownError,
+    ResearchItem,
+    SearchHit,
+    TelemetryEvent,
+    WorkflowDB,
+    WorkflowRecord,
+)
 from .encoder import DEFAULT_MODEL, HashingEncoder, SentenceTransformerEncoder, get_encoder
 from .errors import (
     BackendUnavailableError,
@@ -16,6 +35,23 @@ from .reports import BackfillInterrupted, BackfillResult, VerifyReport
 
 __all__ = [
     "DEFAULT_MODEL",
+    "REGISTRY",
+    "BotDB",
+    "BotRecord",
+    "Discrepancy",
+    "Enhancement",
+    "EnhancementDB",
+    "ErrorDB",
+    "ErrorRecord",
+    "InfoDB",
+    "InformationDB",
+    "InformationRecord",
+    "KnownError",
+    "ResearchItem",
+    "SearchHit",
+    "TelemetryEvent",
+    "WorkflowDB",
+    "WorkflowRecord",
     "BackendUnavailableError",
     "BackfillInterrupted",
     "BackfillResult",

@@ -6,9 +6,10 @@ contains, and per record: label, record id, kind, source id, created_at, embeddi
 Vectors never go here: they live in SQLite and in the index.
 
 Files are written to a temporary file in the same folder, fsynced and ``os.replace``d, so a
-reader sees the old file or the new one, never half of one. The index is replaced first and the
-manifest last; a kill in between leaves a manifest whose checksum does not match the index,
-which the mixin treats as stale and rebuilds from SQLite.
+reader sees the old file or the new one, never half of one. Both temporary files are written
+before either is replaced, so a failed write (a full disk) leaves the previous pair intact. The
+index is replaced first and the manifest last; a kill in between leaves a manifest whose
+checksum does not match the index, which the mixin treats as stale and rebuilds from SQLite.
 """
 
 from __future__ import annotations
@@ -140,8 +141,12 @@ def file_checksum(path: str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync, then atomically replace ``path``; clean up on failure."""
+def write_temp(path: str, write: Callable[[str], None]) -> str:
+    """Call ``write(tmp_path)`` on a new temporary file beside ``path`` and fsync it.
+
+    Returns the temporary path for ``publish``; on failure (a full disk) it is removed and
+    ``path`` is untouched.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     os.close(fd)
@@ -149,14 +154,53 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        discard_temp(tmp)
         raise
-    _fsync_dir(folder)
+    return tmp
+
+
+def publish(tmp: str, path: str) -> None:
+    """Atomically put a file from ``write_temp`` in place of ``path``."""
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def discard_temp(tmp: str | None) -> None:
+    if tmp is None:
+        return
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+
+
+def remove_stale_temps(path: str) -> None:
+    """Delete temporary files that a killed writer of ``path`` left behind.
+
+    Call only under the store's file lock: every writer holds it, so any temporary file seen
+    then belongs to a process that died mid-save (SIGKILL, power loss) and would otherwise
+    stay on disk for good, one index-sized file per crash.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            discard_temp(os.path.join(folder, name))
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)``, fsync, then atomically replace ``path``; clean up on failure."""
+    tmp = write_temp(path, write)
+    try:
+        publish(tmp, path)
+    except BaseException:
+        discard_temp(tmp)
+        raise
 
 
 def _fsync_dir(folder: str) -> None:
@@ -172,11 +216,21 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def write_manifest(path: str, manifest: Manifest) -> None:
+def write_manifest_temp(path: str, manifest: Manifest) -> str:
+    """The manifest written to a fsynced temporary file beside ``path``, for ``publish``."""
     text = manifest.to_json()
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
 
-    atomic_write(path, write)
+    return write_temp(path, write)
+
+
+def write_manifest(path: str, manifest: Manifest) -> None:
+    tmp = write_manifest_temp(path, manifest)
+    try:
+        publish(tmp, path)
+    except BaseException:
+        discard_temp(tmp)
+        raise

@@ -44,10 +44,13 @@ from .live_index import LiveIndex
 from .manifest import (
     Manifest,
     ManifestError,
-    atomic_write,
+    discard_temp,
     file_checksum,
+    publish,
     read_manifest,
-    write_manifest,
+    remove_stale_temps,
+    write_manifest_temp,
+    write_temp,
 )
 from .reports import BackfillInterrupted, BackfillResult, VerifyReport
 from .store import EmbeddingStore, VectorRow
@@ -146,7 +149,7 @@ class EmbeddableDBMixin:
                 "allow_model_change=True and run backfill_embeddings() to re-embed everything"
             )
         self._allow_model_change = allow_model_change
-        self._files_stamp: tuple[int, int] | None = None
+        self._files_stamp: tuple[int, int, int] | None = None
         self._data_version = self._store.data_version()
         self._closed = False
         self._live = self._open_live()
@@ -155,6 +158,10 @@ class EmbeddableDBMixin:
     def _check_backend_options(
         self, index_type: str | None, index_options: Mapping[str, Any] | None
     ) -> dict[str, Any]:
+        if index_options is not None and not isinstance(index_options, Mapping):
+            raise InvalidInputError(
+                f"index_options must be a dict of backend settings, got {index_options!r}"
+            )
         options = dict(index_options or {})
         if index_type is not None:
             if self.backend_name != "faiss":
@@ -184,15 +191,20 @@ class EmbeddableDBMixin:
                 return None, None
             base = Path(db_file)
             index_path = base.with_name(f"{base.stem}_{self.embedding_table}.index")
-        index = os.path.abspath(os.fspath(index_path))
-        meta = (
-            os.path.abspath(os.fspath(metadata_path))
-            if metadata_path is not None
-            else str(Path(index).with_suffix(".json"))
-        )
+        try:
+            index = os.path.abspath(os.fspath(index_path))
+            meta = (
+                os.path.abspath(os.fspath(metadata_path))
+                if metadata_path is not None
+                else str(Path(index).with_suffix(".json"))
+            )
+        except TypeError as exc:
+            raise InvalidInputError(f"index_path and metadata_path must be paths ({exc})") from exc
         if meta == index:
             raise InvalidInputError("metadata_path must differ from index_path")
         for path in (index, meta):
+            if os.path.isdir(path):
+                raise InvalidInputError(f"{path!r} is a folder: name a file inside it")
             if not os.path.isdir(os.path.dirname(path)):
                 raise InvalidInputError(
                     f"folder {os.path.dirname(path)!r} does not exist: create it first"
@@ -244,7 +256,9 @@ class EmbeddableDBMixin:
 
     def encode_texts(self, texts: Iterable[Any]) -> np.ndarray:
         """Encode texts in one model call: an (n, dim) float32 array of unit vectors."""
-        texts = [check.check_text(text)[: check.MAX_ENCODED_CHARS] for text in texts]
+        texts = [
+            check.check_text(text)[: check.MAX_ENCODED_CHARS] for text in check.many(texts, "texts")
+        ]
         if not texts:
             return np.empty((0, self.dimension or 0), np.float32)
         raw = self.encoder.encode(texts)
@@ -347,8 +361,14 @@ class EmbeddableDBMixin:
         transaction. Returns how many were stored.
         """
         batch_size = check.check_batch_size(batch_size)
-        items = list(items)
-        sources = list(source_ids) if source_ids is not None else [""] * len(items)
+        items = check.check_items(items)
+        sources = check.many(source_ids, "source_ids") if source_ids is not None else [""] * len(
+            items
+        )
+        if len(sources) != len(items):
+            raise InvalidInputError(
+                f"{len(sources)} source_ids for {len(items)} items: give one per item"
+            )
         prepared = []
         for (record_id, record, kind), source_id in zip(items, sources, strict=True):
             prepared.append(
@@ -368,7 +388,10 @@ class EmbeddableDBMixin:
                     key, error = failures[0]
                     if isinstance(error, EmbeddingError):
                         raise type(error)(f"record {key!r}: {error}") from error
-                    raise error
+                    # The subclass's embedding_text()/vector() failed on this record.
+                    raise InvalidInputError(
+                        f"record {key!r} could not be embedded: {type(error).__name__}: {error}"
+                    ) from error
                 rows += batch_rows
             self._write(rows)
         return len(rows)
@@ -394,7 +417,7 @@ class EmbeddableDBMixin:
         return bool(removed)
 
     def remove_embeddings(self, record_ids: Iterable[Any]) -> int:
-        keys = [check.record_key(record_id) for record_id in record_ids]
+        keys = check.record_keys(record_ids)
         with self._lock:
             self._ensure_open()
             removed = self._store.remove(keys)
@@ -413,7 +436,7 @@ class EmbeddableDBMixin:
         version = self.embedding_version if embedding_version is None else embedding_version
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise InvalidInputError(f"embedding_version must be a positive int, got {version!r}")
-        keys = [check.record_key(record_id) for record_id in record_ids]
+        keys = check.record_keys(record_ids)
         with self._lock:
             self._ensure_open()
             changed = self._store.set_embedding_version(keys, version)
@@ -474,6 +497,9 @@ class EmbeddableDBMixin:
         a killed backfill resumes where it stopped. A record that fails is reported and skipped.
         """
         batch_size = check.check_batch_size(batch_size)
+        if progress is not None and not callable(progress):
+            # Checked now: found after the first batch, it would fail a half-done backfill.
+            raise InvalidInputError(f"progress must be a callable or None, got {progress!r}")
         result = BackfillResult(dry_run=dry_run)
         started = time.perf_counter()
         with self._lock:
@@ -525,13 +551,13 @@ class EmbeddableDBMixin:
                 if gone and not dry_run:
                     self._store.remove(gone)
                     self._sync()
+                if not dry_run:
+                    self.save_index()  # inside: Ctrl-C while saving is reported the same way
             except KeyboardInterrupt as exc:
                 result.interrupted = True
                 result.seconds = time.perf_counter() - started
                 self._sync()
                 raise BackfillInterrupted(result) from exc
-            if not dry_run:
-                self.save_index()
         result.seconds = time.perf_counter() - started
         if progress:
             progress(result)
@@ -571,10 +597,16 @@ class EmbeddableDBMixin:
             self._maybe_compact()
 
     def _sync(self) -> None:
+        """Apply what SQLite changed since ``synced_seq``.
+
+        ``data_version`` is read first: a commit landing between the two reads is then caught
+        by the next ``_refresh`` instead of being hidden until some later commit.
+        """
+        version = self._store.data_version()
         changes = self._store.changes_since(self._live.synced_seq)
         if changes:
             self._live.apply(changes, self.model_id)
-        self._data_version = self._store.data_version()
+        self._data_version = version
 
     def _pending_limit(self) -> int:
         return min(max(len(self._live.in_backend) // 2, MIN_PENDING), MAX_PENDING)
@@ -650,6 +682,8 @@ class EmbeddableDBMixin:
             self._live = None  # type: ignore[assignment]
             return self._rebuild_live()
         with self._files_locked():
+            remove_stale_temps(self.index_path)
+            remove_stale_temps(self.metadata_path)
             manifest = self._read_own_manifest()
             live = self._load_files(manifest) if manifest is not None else None
             if live is None:
@@ -742,25 +776,27 @@ class EmbeddableDBMixin:
                 self.index_path, exc,
             )
             return None
-        self._remember_files()
+        self._remember_files(manifest.synced_seq)
         return LiveIndex(backend, manifest.dim, records, manifest.synced_seq, manifest.generation)
 
     def _params(self) -> dict[str, Any]:
         return self._new_backend(2).params()
 
-    def _remember_files(self) -> None:
+    def _remember_files(self, synced_seq: int) -> None:
         stat = os.stat(self.metadata_path)
-        self._files_stamp = (stat.st_mtime_ns, stat.st_size)
+        self._files_stamp = (stat.st_mtime_ns, stat.st_size, synced_seq)
 
     def _files_current(self) -> bool:
-        """True when the files on disk are the ones we last wrote or loaded."""
+        """True when the files on disk are the ones we last wrote or loaded, and hold
+        everything the live index holds (FAISS takes new vectors in place, leaving nothing
+        pending, so an unchanged file alone does not mean there is nothing to save)."""
         if self.metadata_path is None:
             return True
         try:
             stat = os.stat(self.metadata_path)
         except OSError:
             return False
-        return self._files_stamp == (stat.st_mtime_ns, stat.st_size)
+        return self._files_stamp == (stat.st_mtime_ns, stat.st_size, self._live.synced_seq)
 
     def _write_files(self) -> None:
         """Write the (compacted) backend and its manifest; call under the file lock."""
@@ -781,12 +817,35 @@ class EmbeddableDBMixin:
         except ManifestError:
             pass
         generation = max(on_disk, live.generation) + 1
+        # Until this write succeeds the files may not match the live index: a failed write
+        # (a full disk) must not let the next save_index() think there is nothing to do.
+        self._files_stamp = None
         size = checksum = None
-        if live.backend is not None and len(live.backend):
-            atomic_write(self.index_path, live.backend.save)
-            size, checksum = file_checksum(self.index_path)
-        elif os.path.exists(self.index_path):
-            os.unlink(self.index_path)
+        index_tmp = manifest_tmp = None
+        try:
+            if live.backend is not None and len(live.backend):
+                index_tmp = write_temp(self.index_path, live.backend.save)
+                size, checksum = file_checksum(index_tmp)
+            manifest_tmp = write_manifest_temp(
+                self.metadata_path, self._manifest(live, generation, size, checksum)
+            )
+            # Both files are written and fsynced before either replaces its old version,
+            # so a failed write leaves the previous index and metadata intact as a pair.
+            if index_tmp is not None:
+                publish(index_tmp, self.index_path)
+            elif os.path.exists(self.index_path):
+                os.unlink(self.index_path)
+            publish(manifest_tmp, self.metadata_path)
+        except BaseException:
+            discard_temp(index_tmp)
+            discard_temp(manifest_tmp)
+            raise
+        live.generation = generation
+        self._remember_files(live.synced_seq)
+
+    def _manifest(
+        self, live: LiveIndex, generation: int, size: int | None, checksum: str | None
+    ) -> Manifest:
         extras = {}
         if live.dim is not None:
             extras = {
@@ -799,7 +858,7 @@ class EmbeddableDBMixin:
             [label, record_id, kind, *extras.get(label, ("", "", self.embedding_version))]
             for label, (record_id, kind) in sorted(live.info.items())
         ]
-        manifest = Manifest(
+        return Manifest(
             store_id=self._store.store_id,
             database=self._database_name(),
             model=self.model_id if live.dim is not None else None,
@@ -813,9 +872,6 @@ class EmbeddableDBMixin:
             index_checksum=checksum,
             records=records,
         )
-        write_manifest(self.metadata_path, manifest)
-        live.generation = generation
-        self._remember_files()
 
     # -- flushing, verifying, rebuilding ----------------------------------------------------------------
     def save_index(self) -> None:

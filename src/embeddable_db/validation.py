@@ -7,6 +7,7 @@ what to do, so bad input never reaches SQLite or an index.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,8 @@ def record_key(record_id: Any) -> str:
     if isinstance(record_id, bool) or record_id is None:
         raise InvalidInputError(f"record_id must be a str or int, got {record_id!r}")
     if isinstance(record_id, numbers.Integral):
+        if abs(int(record_id)) >= 10**MAX_ID_CHARS:  # str() of it would fail or be too long
+            raise InvalidInputError(f"record_id has more than {MAX_ID_CHARS} digits")
         return str(int(record_id))
     if isinstance(record_id, str):
         if not record_id.strip():
@@ -35,6 +38,40 @@ def record_key(record_id: Any) -> str:
     raise InvalidInputError(
         f"record_id must be a str or int, got {type(record_id).__name__}: {record_id!r}"
     )
+
+
+def many(values: Any, what: str) -> list[Any]:
+    """A list from an iterable argument; a lone str, bytes or None is refused, not iterated
+    (``remove_embeddings("12")`` must not remove records "1" and "2")."""
+    if values is None or isinstance(values, str | bytes | bytearray) or not isinstance(
+        values, Iterable
+    ):
+        raise InvalidInputError(
+            f"{what} must be a list (or other iterable), got {type(values).__name__}: "
+            f"{_short(values)}"
+        )
+    return list(values)
+
+
+def record_keys(record_ids: Any) -> list[str]:
+    return [record_key(record_id) for record_id in many(record_ids, "record_ids")]
+
+
+def check_items(items: Any) -> list[tuple[Any, Any, Any]]:
+    """``add_embeddings`` items: (record_id, record, kind) triples."""
+    checked = []
+    for item in many(items, "items"):
+        if isinstance(item, str | bytes) or not isinstance(item, tuple | list) or len(item) != 3:
+            raise InvalidInputError(
+                f"each item must be a (record_id, record, kind) tuple, got {_short(item)}"
+            )
+        checked.append(tuple(item))
+    return checked
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def check_kind(kind: Any, allowed: tuple[str, ...] | None = None) -> str:
@@ -91,8 +128,15 @@ def check_vector(vector: Any, dim: int | None, model: str | None = None) -> np.n
     """A finite, non-zero 1-D vector of the store's dimension, returned L2-normalised float32."""
     if vector is None:
         raise InvalidVectorError("vector is None: pass a list or array of floats")
+    if isinstance(vector, str | bytes | Mapping):
+        raise InvalidVectorError(f"vector is not a sequence of numbers: {_short(vector)}")
     try:
-        array = np.asarray(vector, dtype=np.float64)
+        array = np.asarray(vector)
+        if array.dtype.kind in "USVc":  # numpy would parse "0.5", drop imaginary parts
+            raise TypeError(f"it holds {array.dtype.name} values")
+        if array.dtype.kind == "O" and any(value is None for value in array.flat):
+            raise TypeError("it contains None")  # numpy would make it NaN
+        array = array.astype(np.float64)
     except (TypeError, ValueError) as exc:
         raise InvalidVectorError(f"vector is not a sequence of numbers ({exc})") from exc
     if array.ndim != 1 or array.shape[0] == 0:
@@ -106,7 +150,10 @@ def check_vector(vector: Any, dim: int | None, model: str | None = None) -> np.n
         )
     if not np.all(np.isfinite(array)):
         raise InvalidVectorError("vector contains NaN or infinity")
-    norm = float(np.linalg.norm(array))
-    if norm == 0.0:
+    # Scale by the largest component first: the norm of [1e308, ...] overflows to inf (and
+    # would turn the vector into zeros), that of [1e-320, ...] underflows to 0.
+    largest = float(np.max(np.abs(array)))
+    if largest == 0.0:
         raise InvalidVectorError("vector is all zeros: it has no direction to compare")
-    return (array / norm).astype(np.float32)
+    array = array / largest
+    return (array / np.linalg.norm(array)).astype(np.float32)

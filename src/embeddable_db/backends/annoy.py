@@ -52,6 +52,13 @@ class AnnoyVectorIndex(VectorIndex):
         self.n_trees = int(n_trees)
         self.search_k = int(search_k)
         self.exact_below = int(exact_below)
+        # Annoy reads n_trees <= 0 as "build until memory runs out" (a negative value got a
+        # test process OOM-killed) and would answer nothing with zero trees: refuse them.
+        if self.n_trees < 1 or self.search_k < 1 or self.exact_below < 0:
+            raise ValueError(
+                "n_trees and search_k must be positive and exact_below not negative, got "
+                f"n_trees={n_trees!r}, search_k={search_k!r}, exact_below={exact_below!r}"
+            )
         self._index: AnnoyIndex | None = None
         self._labels = np.empty(0, np.int64)
         self._matrix: np.ndarray | None = None

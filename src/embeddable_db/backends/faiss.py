@@ -37,6 +37,11 @@ class FaissVectorIndex(VectorIndex):
         self.hnsw_m = int(hnsw_m)
         self.ef_construction = int(ef_construction)
         self.ef_search = int(ef_search)
+        if self.hnsw_m < 2 or self.ef_construction < 1 or self.ef_search < 1:
+            raise ValueError(
+                "hnsw_m must be at least 2, ef_construction and ef_search positive, got "
+                f"hnsw_m={hnsw_m!r}, ef_construction={ef_construction!r}, ef_search={ef_search!r}"
+            )
         self._index = self._new()
 
     @property

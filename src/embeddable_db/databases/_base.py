@@ -1,0 +1,419 @@
+"""What the six databases share: paths, CRUD that keeps vectors in step, search, backfill.
+
+A database is a ``RecordDB`` subclass that names itself (``name``), its index file
+(``index_filename``) and its tables (``tables``: one ``TableSpec`` per record class; the first
+is the primary table that ``get``/``update``/``delete``/``fetch``/``count`` use when no
+``kind`` is given). Each record class renders its own ``embedding_text()``.
+
+Record ids in the embeddings table are ``"<kind>:<row id>"`` (``"bot:12"``,
+``"telemetry:12"``) in every database, so the tables of one store can never collide and a
+search hit always says which table it came from.
+
+Every write is one SQLite transaction that holds the row change and the vector change:
+the row is written, then the mixin encodes and upserts (or removes) the vector and commits both
+together. If encoding fails, the row change is rolled back, so a failed ``add`` changes nothing.
+Text is checked before anything is written: a record whose embedded fields are all empty is
+refused with an ``InvalidInputError`` (a ``ValueError``) naming those fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .. import validation as check
+from ..encoder import DEFAULT_MODEL
+from ..errors import EmbeddingError, InvalidInputError
+from ..mixin import EmbeddableDBMixin
+from .records import TableSpec, UnreadableRow, positive_int, row_id, utc_now
+
+log = logging.getLogger(__name__)
+
+HOME_ENV = "EMBEDDABLE_DB_HOME"
+DEFAULT_HOME = "data"
+PAGE = 500  # rows read per query by iter_records
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One search result, the same shape for all six databases.
+
+    ``record_id`` is the row id (what ``get(record_id, kind=kind)`` takes), ``distance`` is
+    ``1 - cosine similarity`` (0 = same direction, lower is better) and ``record`` the record.
+    """
+
+    record_id: int
+    kind: str
+    distance: float
+    record: Any
+
+    @property
+    def key(self) -> str:
+        """The id of the hit's vector in the embeddings table, e.g. ``"bot:12"``."""
+        return f"{self.kind}:{self.record_id}"
+
+
+class RecordDB(EmbeddableDBMixin):
+    """A SQLite database of records whose vectors are kept in step on every write."""
+
+    #: Folder and file stem under the data directory: ``<data_dir>/<name>/<name>.db``.
+    name: ClassVar[str]
+    #: The index file's default name, next to the SQLite file.
+    index_filename: ClassVar[str]
+    #: The tables, primary first.
+    tables: ClassVar[tuple[TableSpec, ...]]
+    _by_kind: ClassVar[dict[str, TableSpec]]
+    _by_type: ClassVar[dict[type, TableSpec]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "tables" in cls.__dict__:
+            cls.embedding_table = f"{cls.name}_embeddings"
+            cls.embedding_kinds = tuple(spec.kind for spec in cls.tables)
+            cls._by_kind = {spec.kind: spec for spec in cls.tables}
+            cls._by_type = {spec.record_type: spec for spec in cls.tables}
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        backend: str = "annoy",
+        index_path: str | os.PathLike | None = None,
+        metadata_path: str | os.PathLike | None = None,
+        model_name: str = DEFAULT_MODEL,
+        embedding_version: int = 1,
+        encoder: Any | None = None,
+        data_dir: str | os.PathLike | None = None,
+        index_type: str | None = None,
+        index_options: Mapping[str, Any] | None = None,
+        allow_model_change: bool = False,
+    ) -> None:
+        self.path, index_path, metadata_path = self.resolve_paths(
+            path, data_dir=data_dir, index_path=index_path, metadata_path=metadata_path
+        )
+        for file in (self.path, index_path, metadata_path):
+            if file is not None and file != ":memory:":
+                Path(file).parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            self._create_schema()
+            super().__init__(
+                backend=backend,
+                index_path=index_path,
+                metadata_path=metadata_path,
+                model_name=model_name,
+                embedding_version=embedding_version,
+                encoder=encoder,
+                index_type=index_type,
+                index_options=index_options,
+                allow_model_change=allow_model_change,
+            )
+        except BaseException:
+            self.conn.close()
+            raise
+
+    # -- paths -------------------------------------------------------------------------------------
+    @classmethod
+    def resolve_paths(
+        cls,
+        path: str | os.PathLike | None = None,
+        *,
+        data_dir: str | os.PathLike | None = None,
+        index_path: str | os.PathLike | None = None,
+        metadata_path: str | os.PathLike | None = None,
+    ) -> tuple[str, str | None, str | None]:
+        """(SQLite file, index file, metadata file), absolute; nothing is created on disk.
+
+        Without ``path`` the database is ``<data_dir>/<name>/<name>.db``, where ``data_dir``
+        defaults to ``$EMBEDDABLE_DB_HOME``, else ``./data``. The index defaults to
+        ``index_filename`` next to the SQLite file and the metadata to the index path with
+        ``.json``. ``path=":memory:"`` keeps everything in memory unless ``index_path`` is given.
+        """
+        if path is not None and data_dir is not None:
+            raise InvalidInputError("give either path or data_dir, not both")
+        if path is not None and os.fspath(path) == ":memory:":
+            db_file = ":memory:"
+        else:
+            if path is None:
+                home = data_dir if data_dir is not None else os.environ.get(HOME_ENV) or DEFAULT_HOME
+                path = Path(home) / cls.name / f"{cls.name}.db"
+            db_file = os.path.abspath(Path(path).expanduser())
+            if index_path is None:
+                index_path = Path(db_file).with_name(cls.index_filename)
+        if index_path is not None:
+            index_path = os.path.abspath(Path(index_path).expanduser())
+            if metadata_path is None:
+                metadata_path = Path(index_path).with_suffix(".json")
+        if metadata_path is not None:
+            metadata_path = os.path.abspath(Path(metadata_path).expanduser())
+        return db_file, index_path, metadata_path
+
+    def _create_schema(self) -> None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for spec in self.tables:
+                for statement in spec.schema():
+                    conn.execute(statement)
+                existing = [row[1] for row in conn.execute(f"PRAGMA table_info({spec.table})")]
+                for statement in spec.migrations(existing):
+                    conn.execute(statement)
+            self._extra_schema()
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+    def _extra_schema(self) -> None:
+        """Hook for a database's own tables, triggers or indexes (inside the schema transaction)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r})"
+
+    # -- ids and specs -----------------------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        """The connection, once it is certain the database is open."""
+        self._ensure_open()
+        return self.conn
+
+    def _spec(self, kind: str | None) -> TableSpec:
+        if kind is None:
+            return self.tables[0]
+        return self._by_kind[check.check_kind(kind, self.embedding_kinds)]
+
+    def _spec_of(self, record: Any) -> TableSpec:
+        spec = self._by_type.get(type(record))
+        if spec is None:
+            names = ", ".join(t.__name__ for t in self._by_type)
+            raise InvalidInputError(
+                f"{type(self).__name__} stores {names}, not {type(record).__name__}"
+            )
+        return spec
+
+    def vector_key(self, record_id: int, kind: str | None = None) -> str:
+        """The id of a record's vector in the embeddings table: ``"<kind>:<row id>"``."""
+        return f"{self._spec(kind).kind}:{row_id(record_id)}"
+
+    def _parse_key(self, key: str) -> tuple[TableSpec, int] | None:
+        kind, _, number = key.partition(":")
+        spec = self._by_kind.get(kind)
+        if spec is None or not number.isdigit():
+            return None
+        return spec, int(number)
+
+    # -- embedding text ----------------------------------------------------------------------------
+    def embedding_text(self, record: Any) -> str:
+        """The text a record is embedded from (see the class docstring); rows are accepted too."""
+        if isinstance(record, UnreadableRow):
+            raise record.error
+        if isinstance(record, sqlite3.Row | Mapping):
+            if len(self.tables) > 1:
+                raise InvalidInputError(
+                    f"{type(self).__name__} has several tables: convert the row with "
+                    "record_from_row(row, kind=...) first"
+                )
+            record = self.record_from_row(record)
+        self._spec_of(record)
+        return record.embedding_text()
+
+    def record_from_row(self, row: sqlite3.Row | Mapping[str, Any], *, kind: str | None = None) -> Any:
+        """The record for a row of the ``kind`` table, keyed by column names (``type``, not
+        ``type_``), as read with plain SQL and ``sqlite3.Row``; lists may be JSON text."""
+        return self._spec(kind).from_mapping(row)
+
+    def _checked_text(self, record: Any) -> str:
+        text = self.embedding_text(record)
+        if not text.strip():
+            fields = ", ".join(type(record).EMBEDDED_FIELDS)
+            raise InvalidInputError(
+                f"this {type(record).__name__} has nothing to embed: fill in at least one of "
+                f"{fields}"
+            )
+        return text
+
+    def _warm_encoder(self) -> None:
+        """Load the model before a write transaction takes SQLite's write lock, not during it."""
+        getattr(self.encoder, "model", None)
+
+    # -- transactions ------------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction for a row change and its vector change; rolled back on error.
+
+        The mixin commits when it writes a vector, so that write must be the block's last step.
+        """
+        self._ensure_open()
+        conn = self.conn
+        if conn.in_transaction:
+            raise EmbeddingError(
+                f"{type(self).__name__}.conn has an open transaction: commit or roll it back first"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except sqlite3.IntegrityError as exc:
+            if conn.in_transaction:
+                conn.rollback()
+            raise InvalidInputError(f"{type(self).__name__}: {exc}") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        if conn.in_transaction:
+            conn.commit()
+
+    # -- CRUD ---------------------------------------------------------------------------------------
+    def add(self, record: Any) -> int:
+        """Store a record and its vector in one transaction; returns (and sets) ``record.id``.
+
+        It always inserts a new row: an ``id`` the record already has is replaced.
+        """
+        return self._insert(record)
+
+    def _insert(self, record: Any, *, source_id: Any = "") -> int:
+        spec = self._spec_of(record)
+        checked = spec.check_record(record)
+        self._checked_text(record)
+        self._warm_encoder()
+        for field, value in checked.items():  # e.g. tuples become lists, as they read back
+            setattr(record, field, value)
+        with self._transaction() as conn:
+            record_id = spec.insert(conn, checked)
+            record.id = record_id
+            try:
+                self.add_embedding(f"{spec.kind}:{record_id}", record, spec.kind, source_id=source_id)
+            except BaseException:
+                record.id = None
+                raise
+        return record_id
+
+    def get(self, record_id: int, *, kind: str | None = None) -> Any | None:
+        """The record with this id (in the ``kind`` table), or None."""
+        spec = self._spec(kind)
+        found = spec.select(self._reader(), "WHERE id = ?", (row_id(record_id),))
+        return found[0] if found else None
+
+    def update(self, record_id: int, /, *, kind: str | None = None, **fields: Any) -> Any | None:
+        """Change some fields; re-embeds only if the embedded text changed. Returns the record.
+
+        Field names are checked against the record class (unknown ones raise ``ValueError``).
+        Returns None when there is no such record.
+        """
+        updated = self._update_rows(self._spec(kind), [record_id], fields)
+        return updated[0] if updated else None
+
+    def _update_rows(self, spec: TableSpec, record_ids: Sequence[int], fields: Mapping[str, Any]):
+        """Apply the same changes to several rows: one transaction, one ``add_embeddings`` call."""
+        changes = spec.check_fields(fields)
+        ids = list(dict.fromkeys(row_id(rid) for rid in record_ids))
+        if spec.touch and spec.touch not in changes:
+            changes[spec.touch] = utc_now()
+        if set(changes) & set(spec.record_type.EMBEDDED_FIELDS):
+            self._warm_encoder()
+        updated, reembed = [], []
+        with self._transaction() as conn:
+            for start in range(0, len(ids), PAGE):
+                chunk = ids[start : start + PAGE]
+                marks = ",".join("?" * len(chunk))
+                for old in spec.select(conn, f"WHERE id IN ({marks}) ORDER BY id", chunk):
+                    new = dataclasses.replace(old, **changes)
+                    if self.embedding_text(new) != self.embedding_text(old):
+                        self._checked_text(new)
+                        reembed.append((f"{spec.kind}:{new.id}", new, spec.kind))
+                    updated.append(new)
+            spec.update(conn, [record.id for record in updated], changes)
+            if reembed:
+                self.add_embeddings(reembed)
+        order = {rid: i for i, rid in enumerate(ids)}
+        return sorted(updated, key=lambda record: order[record.id])
+
+    def delete(self, record_id: int, *, kind: str | None = None) -> bool:
+        """Delete a record and its vector; True when there was such a record."""
+        spec = self._spec(kind)
+        record_id = row_id(record_id)
+        with self._transaction() as conn:
+            existed = spec.delete(conn, record_id)
+            self.remove_embedding(f"{spec.kind}:{record_id}")
+        return existed
+
+    def fetch(self, limit: int = 50, *, kind: str | None = None) -> list[Any]:
+        """The newest ``limit`` records (highest id first)."""
+        limit = positive_int(limit, "limit")
+        return self._spec(kind).select(self._reader(), "ORDER BY id DESC LIMIT ?", (limit,))
+
+    def count(self, *, kind: str | None = None) -> int:
+        """How many records the ``kind`` table (default: the primary one) holds."""
+        spec = self._spec(kind)
+        return self._reader().execute(f"SELECT COUNT(*) FROM {spec.table}").fetchone()[0]
+
+    # -- search ------------------------------------------------------------------------------------
+    def search(self, query: Any, top_k: int = 5, *, kind: str | None = None) -> list[SearchHit]:
+        """The ``top_k`` records nearest to ``query`` (a text or a vector), best first.
+
+        Vectors whose rows have vanished (deleted with plain SQL, awaiting backfill) are skipped;
+        the search then asks for more, so it still returns ``top_k`` hits when that many exist.
+        """
+        top_k = check.check_top_k(top_k)
+        vector = self.encode_texts([query])[0] if isinstance(query, str | bytes) else query
+        want = top_k
+        while True:
+            found = self.search_by_vector(vector, want, kind=kind)
+            hits = self._resolve(found)
+            if len(hits) >= top_k or len(found) < want:
+                return hits[:top_k]
+            want *= 4
+
+    def _resolve(self, found: list[tuple[str, float]]) -> list[SearchHit]:
+        parsed = [(self._parse_key(key), distance) for key, distance in found]
+        wanted: dict[str, list[int]] = {}
+        for target, _ in parsed:
+            if target is not None:
+                wanted.setdefault(target[0].kind, []).append(target[1])
+        records: dict[tuple[str, int], Any] = {}
+        for kind, ids in wanted.items():
+            marks = ",".join("?" * len(ids))
+            for record in self._by_kind[kind].select(
+                self.conn, f"WHERE id IN ({marks})", ids, lenient=True
+            ):
+                if isinstance(record, UnreadableRow):
+                    log.warning("search: skipping a row that cannot be read: %s", record.error)
+                    continue
+                records[(kind, record.id)] = record
+        hits = []
+        for target, distance in parsed:
+            record = records.get((target[0].kind, target[1])) if target else None
+            if record is not None:
+                hits.append(SearchHit(target[1], target[0].kind, distance, record))
+        return hits
+
+    # -- backfill ----------------------------------------------------------------------------------
+    def iter_records(self) -> Iterator[tuple[str, Any, str]]:
+        """Every row of every table as ``("<kind>:<id>", record, kind)``, read a page at a time."""
+        for spec in self.tables:
+            last = 0
+            while True:
+                page = spec.select(
+                    self.conn, "WHERE id > ? ORDER BY id LIMIT ?", (last, PAGE), lenient=True
+                )
+                for record in page:
+                    yield f"{spec.kind}:{record.id}", record, spec.kind
+                if len(page) < PAGE:
+                    break
+                last = page[-1].id
+
+    # -- closing -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Flush the index files and close the connection (safe to call twice)."""
+        try:
+            super().close()
+        finally:
+            self.conn.close()
+
+    def __enter__(self):
+        return self

@@ -1,0 +1,246 @@
+"""The command line, run as users run it: real subprocesses on real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from embeddable_db.databases import REGISTRY
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "backfill_embeddings.py"
+HASH = ["--model", "hash:64"]
+
+# A few rows per table, inserted with plain SQL as another application would.
+ROWS = {
+    "bot": {"bots": [
+        {"name": "invoice-bot", "purpose": "reads supplier invoices and books them"},
+        {"name": "mail-bot", "purpose": "summarises customer emails every morning"},
+        {"name": "scrape-bot", "purpose": "scrapes competitor prices from websites"},
+    ]},
+    "workflow": {"workflows": [
+        {"title": "Month-end close", "workflow": '["reconcile ledger", "post accruals"]'},
+        {"title": "Email digest", "workflow": '["fetch inbox", "summarise threads"]'},
+    ]},
+    "enhancement": {"enhancements": [
+        {"idea": "cache exchange rates", "rationale": "the rates API is slow", "title": "FX cache"},
+        {"idea": "retry on timeouts", "rationale": "network calls fail", "title": "Retries"},
+    ]},
+    "error": {
+        "errors": [{"message": "sqlite3.OperationalError: database is locked"},
+                   {"message": "ConnectionResetError: connection reset by peer"}],
+        "known_errors": [{"message": "database is locked", "solution": "set busy_timeout"}],
+        "discrepancies": [{"message": "invoice total differs from ledger"}],
+    },
+    "info": {"info": [
+        {"topic": "SQLite WAL mode", "content": "WAL lets readers run while a writer writes."},
+        {"topic": "Annoy indexes", "content": "Annoy builds random projection trees."},
+    ]},
+    "information": {"information": [
+        {"data_type": "api_spec", "summary": "REST API of the billing system"},
+        {"data_type": "regulation", "summary": "EU rules on electronic invoicing"},
+    ]},
+}
+TOTAL = 15
+
+
+def insert(data_dir: Path, name: str, table: str, row: dict) -> None:
+    conn = sqlite3.connect(data_dir / name / f"{name}.db")
+    with conn:
+        names = ", ".join(row)
+        conn.execute(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(row))})",
+                     list(row.values()))
+    conn.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    data = tmp_path / "data"
+    for name, tables in ROWS.items():
+        REGISTRY[name](data_dir=data, model_name="hash:64").close()
+        for table, rows in tables.items():
+            for row in rows:
+                insert(data, name, table, row)
+    return data
+
+
+def cli(*args, cwd=None, env=None, script=False) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(SCRIPT)] if script else [sys.executable, "-m", "embeddable_db.cli"]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def summary(output: str) -> dict[str, dict[str, str]]:
+    """The summary table as {database: {column: value}}."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("database"))
+    header = lines[start].replace("re-embedded", "reembedded").replace("records/s", "rate").split()
+    rows = {}
+    for line in lines[start + 1:]:
+        cells = line.split()
+        if not cells or cells[0] not in REGISTRY:
+            break
+        rows[cells[0]] = dict(zip(header, cells, strict=False))
+    return rows
+
+
+def column(rows, name):
+    return {db: int(row[name]) for db, row in rows.items()}
+
+
+def test_backfill_all_databases_then_nothing_to_do(data_dir):
+    first = cli("backfill", "--data-dir", data_dir, *HASH)
+    assert first.returncode == 0, first.stderr
+    rows = summary(first.stdout)
+    assert list(rows) == list(REGISTRY)  # all six by default, in order
+    assert sum(column(rows, "embedded").values()) == TOTAL
+    assert column(rows, "embedded")["error"] == 4
+    assert "texts encoded: 15" in first.stdout
+    second = cli("backfill", "--data-dir", data_dir, *HASH)
+    assert second.returncode == 0
+    rows = summary(second.stdout)
+    assert sum(column(rows, "embedded").values()) == 0
+    assert sum(column(rows, "unchanged").values()) == TOTAL
+    assert "texts encoded: 0" in second.stdout
+
+
+def test_documented_command_selects_databases_and_batch_size(data_dir):
+    out = cli("--db", "bot", "workflow", "--backend", "annoy", "--batch-size", "200",
+              "--data-dir", data_dir, *HASH, script=True)
+    assert out.returncode == 0, out.stderr
+    rows = summary(out.stdout)
+    assert list(rows) == ["bot", "workflow"]
+    assert column(rows, "embedded") == {"bot": 3, "workflow": 2}
+    assert "model calls: 2" in out.stdout  # one model call per database batch
+
+
+def test_plain_sql_edits_are_caught(data_dir):
+    assert cli("backfill", "--data-dir", data_dir, *HASH).returncode == 0
+    conn = sqlite3.connect(data_dir / "bot" / "bot.db")
+    with conn:
+        conn.execute("UPDATE bots SET purpose = 'books hotel rooms' WHERE name = 'mail-bot'")
+        conn.execute("DELETE FROM bots WHERE name = 'scrape-bot'")
+    conn.close()
+    conn = sqlite3.connect(data_dir / "error" / "error.db")
+    with conn:
+        conn.execute("DELETE FROM discrepancies")
+    conn.close()
+    out = cli("backfill", "--data-dir", data_dir, *HASH)
+    assert out.returncode == 0, out.stderr
+    rows = summary(out.stdout)
+    assert (column(rows, "reembedded")["bot"], column(rows, "removed")["bot"]) == (1, 1)
+    assert column(rows, "removed")["error"] == 1
+    assert sum(column(rows, "reembedded").values()) == 1
+    found = json.loads(cli("search", "hotel rooms", "--db", "bot", "--top-k", "1", "--json",
+                           "--data-dir", data_dir, *HASH).stdout)
+    assert found[0]["record"]["name"] == "mail-bot"
+
+
+def test_dry_run_encodes_nothing(data_dir):
+    out = cli("backfill", "--dry-run", "--data-dir", data_dir, *HASH)
+    assert out.returncode == 0, out.stderr
+    assert sum(column(summary(out.stdout), "embedded").values()) == TOTAL
+    assert "texts encoded: 0" in out.stdout and "dry run" in out.stdout
+    stats = cli("stats", "--data-dir", data_dir, *HASH)
+    assert summary(stats.stdout)["bot"]["vectors"] == "0"
+    assert summary(stats.stdout)["bot"]["missing"] == "3"
+
+
+def test_backend_switch_rebuilds_without_encoding(data_dir):
+    assert cli("backfill", "--data-dir", data_dir, *HASH).returncode == 0
+    before = cli("search", "database locked", "--json", "--data-dir", data_dir, *HASH).stdout
+    out = cli("backfill", "--backend", "faiss", "--data-dir", data_dir, *HASH)
+    assert out.returncode == 0, out.stderr
+    assert "model calls: 0, texts encoded: 0" in out.stdout
+    assert sum(column(summary(out.stdout), "unchanged").values()) == TOTAL
+    meta = json.loads((data_dir / "bot" / "bot_embeddings.json").read_text())
+    assert meta["backend"] == "faiss" and meta["count"] == 3
+    after = cli("search", "database locked", "--json", "--data-dir", data_dir, *HASH).stdout
+    assert [(h["database"], h["record_id"]) for h in json.loads(after)] == [
+        (h["database"], h["record_id"]) for h in json.loads(before)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["backfill", "--db", "bots"], "choose from bot, workflow, enhancement, error, info, information"),
+        (["backfill", "--batch-size", "0"], "positive integer"),
+        (["backfill", "--batch-size", "-5"], "positive integer"),
+        (["backfill", "--backend", "milvus"], "choose from annoy, faiss"),
+        (["search", "x", "--kind", "nope"], "choose from"),
+        (["search", "x", "--top-k", "0"], "positive integer"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
+    out = cli(*args, "--data-dir", tmp_path) if args[0] != "frobnicate" else cli(*args)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bot").exists()  # nothing was created
+
+
+def test_one_failing_database_does_not_stop_the_others(data_dir):
+    (data_dir / "workflow" / "workflow.db").write_bytes(b"this is not a database" * 100)
+    insert(data_dir, "bot", "bots", {"name": ""})  # a record with nothing to embed
+    out = cli("backfill", "--data-dir", data_dir, *HASH)
+    assert out.returncode == 1
+    rows = summary(out.stdout)
+    assert "workflow" not in rows
+    assert column(rows, "embedded")["information"] == 2
+    assert column(rows, "failed")["bot"] == 1 and column(rows, "embedded")["bot"] == 3
+    assert "workflow: error:" in out.stderr and "failed: bot" in out.stderr
+
+
+def test_search_merges_databases_by_distance(data_dir):
+    assert cli("backfill", "--data-dir", data_dir, *HASH).returncode == 0
+    out = cli("search", "database is locked", "--top-k", "4", "--json", "--data-dir", data_dir, *HASH)
+    assert out.returncode == 0, out.stderr
+    hits = json.loads(out.stdout)
+    assert len(hits) == 4
+    assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
+    assert hits[0]["database"] == "error"
+    assert len({h["database"] for h in hits}) > 1
+    kinds = json.loads(cli("search", "database is locked", "--kind", "known_error", "--json",
+                           "--data-dir", data_dir, *HASH).stdout)
+    assert [h["kind"] for h in kinds] == ["known_error"]
+    text = cli("search", "database is locked", "--data-dir", data_dir, *HASH).stdout
+    assert text.splitlines()[0].split()[:3] == ["distance", "database", "kind"]
+
+
+def test_stats_verify_rebuild(data_dir):
+    assert cli("backfill", "--db", "bot", "--data-dir", data_dir, *HASH).returncode == 0
+    stats = summary(cli("stats", "--data-dir", data_dir, *HASH).stdout)
+    assert stats["bot"]["vectors"] == "3" and stats["bot"]["missing"] == "0"
+    assert stats["workflow"]["missing"] == "2"
+    verify = cli("verify", "--data-dir", data_dir, *HASH)
+    assert verify.returncode == 0 and "bot: ok" in verify.stdout
+    rebuild = cli("rebuild", "--db", "bot", "--data-dir", data_dir, *HASH)
+    assert rebuild.returncode == 0 and "rebuilt 3 vectors" in rebuild.stdout
+
+
+@pytest.mark.model
+def test_documented_command_as_written(tmp_path):
+    """The seed's exact command, default model and data directory, from a fresh process."""
+    for name in ("bot", "workflow"):
+        for table, rows in ROWS[name].items():
+            REGISTRY[name](data_dir=tmp_path / "data", model_name="hash:64").close()
+            for row in rows:
+                insert(tmp_path / "data", name, table, row)
+    # The tables above were opened with the hashing model only to create them; no vectors yet.
+    env = {k: v for k, v in os.environ.items() if k != "EMBEDDABLE_DB_HOME"}
+    env["EMBEDDABLE_DB_THREADS"] = "1"
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--db", "bot", "workflow", "--backend", "annoy",
+         "--batch-size", "200"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert column(summary(out.stdout), "embedded") == {"bot": 3, "workflow": 2}
+    meta = json.loads((tmp_path / "data" / "bot" / "bot_embeddings.json").read_text())
+    assert meta["model"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["dim"] == 384

@@ -23,8 +23,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from .backends import backend_names
-from .databases import REGISTRY
-from .databases._base import DEFAULT_HOME, HOME_ENV
+from .databases import DEFAULT_HOME, HOME_ENV, REGISTRY
 from .encoder import DEFAULT_MODEL, get_encoder
 from .errors import EmbeddingError
 from .reports import BackfillInterrupted, BackfillResult

@@ -244,3 +244,29 @@ def test_documented_command_as_written(tmp_path):
     assert column(summary(out.stdout), "embedded") == {"bot": 3, "workflow": 2}
     meta = json.loads((tmp_path / "data" / "bot" / "bot_embeddings.json").read_text())
     assert meta["model"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["dim"] == 384
+
+
+@pytest.mark.model
+def test_onnx_model_backend_searches_a_torch_built_store(tmp_path):
+    """The ONNX export is the same model identity: it searches vectors torch made."""
+    data = tmp_path / "data"
+    REGISTRY["error"](data_dir=data, model_name="hash:64").close()
+    for row in ROWS["error"]["errors"] + [{"message": "disk quota exceeded on /var"}]:
+        insert(data, "error", "errors", row)
+    env = dict(os.environ, EMBEDDABLE_DB_THREADS="1")
+    built = subprocess.run([sys.executable, str(SCRIPT), "--db", "error", "--data-dir", str(data)],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert built.returncode == 0, built.stderr
+    found = {}
+    for backend in ("torch", "onnx"):
+        out = subprocess.run(
+            [sys.executable, "-m", "embeddable_db.cli", "search", "the database was locked",
+             "--db", "error", "--json", "--data-dir", str(data), "--model-backend", backend],
+            capture_output=True, text=True, env=env, timeout=600,
+        )
+        assert out.returncode == 0, out.stderr
+        found[backend] = json.loads(out.stdout)
+    assert [h["record_id"] for h in found["onnx"]] == [h["record_id"] for h in found["torch"]]
+    assert found["onnx"][0]["record"]["message"].startswith("sqlite3.OperationalError")
+    for a, b in zip(found["onnx"], found["torch"], strict=True):
+        assert a["distance"] == pytest.approx(b["distance"], abs=1e-4)

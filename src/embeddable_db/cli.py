@@ -24,7 +24,7 @@ from filelock import FileLock, Timeout
 
 from .backends import backend_names
 from .databases import DEFAULT_HOME, HOME_ENV, REGISTRY
-from .encoder import DEFAULT_MODEL, get_encoder
+from .encoder import DEFAULT_MODEL, MODEL_BACKENDS, get_encoder
 from .errors import EmbeddingError
 from .reports import BackfillInterrupted, BackfillResult
 
@@ -90,6 +90,11 @@ def build_parser(prog: str = "embeddable-db") -> Parser:
             "--model", default=DEFAULT_MODEL,
             help="sentence-transformers model name or path (default: %(default)s)",
         )
+        sub.add_argument(
+            "--model-backend", choices=MODEL_BACKENDS, default="torch",
+            help="run the model on torch, or on ONNX Runtime (default model only; "
+            "no torch import, fast start)",
+        )
 
     backfill = commands.add_parser("backfill", help="embed missing and stale records")
     common(backfill, "annoy")
@@ -132,7 +137,8 @@ def stored_backend(cls: Any, data_dir: Path) -> str | None:
 def open_db(name: str, args: argparse.Namespace, **options: Any):
     cls = REGISTRY[name]
     backend = args.backend or stored_backend(cls, args.data_dir) or "annoy"
-    return cls(data_dir=args.data_dir, backend=backend, model_name=args.model, **options)
+    return cls(data_dir=args.data_dir, backend=backend, model_name=args.model,
+               model_backend=args.model_backend, **options)
 
 
 def for_each_db(args: argparse.Namespace, work: Callable[[str], bool]) -> int:
@@ -231,7 +237,7 @@ def run_backfill(args: argparse.Namespace) -> int:
         print(f"failed: {line}", file=sys.stderr)
     if len(failures) > 20:
         print(f"... and {len(failures) - 20} more failures", file=sys.stderr)
-    encoder = get_encoder(args.model)
+    encoder = get_encoder(args.model, backend=args.model_backend)
     print(f"model calls: {getattr(encoder, 'calls', 0)}, "
           f"texts encoded: {getattr(encoder, 'texts_encoded', 0)}")
     return code

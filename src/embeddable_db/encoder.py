@@ -134,18 +134,45 @@ class HashingEncoder:
         return out
 
 
-_shared: dict[tuple[str, str], Any] = {}
+MODEL_BACKENDS = ("torch", "onnx")
+_shared: dict[tuple[str, str, str], Any] = {}
 _shared_lock = threading.Lock()
 
 
-def get_encoder(model_name: str = DEFAULT_MODEL, device: str | None = None):
+def check_model_backend(model_name: str, backend: str) -> None:
+    """``onnx`` runs the default model without torch (an fp32 export: the same vectors)."""
+    if backend not in MODEL_BACKENDS:
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"unknown model backend {backend!r}: choose one of {', '.join(MODEL_BACKENDS)}"
+        )
+    if backend == "onnx" and model_name not in _DEFAULT_ALIASES and not model_name.startswith(
+        HASH_MODEL_PREFIX
+    ):
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(
+            f"the onnx model backend runs the default model only, not {model_name!r}: "
+            "use model_backend='torch' for other models"
+        )
+
+
+def get_encoder(model_name: str = DEFAULT_MODEL, device: str | None = None, backend: str = "torch"):
     """The process-wide encoder for ``model_name``: created once, shared by every store."""
-    key = (model_name, device or "cpu")
+    check_model_backend(model_name, backend)
+    if model_name.startswith(HASH_MODEL_PREFIX):
+        backend = "torch"  # the hashing encoder has no backends
+    key = (model_name, device or "cpu", backend)
     with _shared_lock:
         encoder = _shared.get(key)
         if encoder is None:
             if model_name.startswith(HASH_MODEL_PREFIX):
                 encoder = HashingEncoder(int(model_name[len(HASH_MODEL_PREFIX) :]))
+            elif backend == "onnx":
+                from .onnx_encoder import OnnxEncoder
+
+                encoder = OnnxEncoder()
             else:
                 encoder = SentenceTransformerEncoder(model_name, device)
             _shared[key] = encoder

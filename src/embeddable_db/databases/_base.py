@@ -93,6 +93,7 @@ class RecordDB(EmbeddableDBMixin):
         index_type: str | None = None,
         index_options: Mapping[str, Any] | None = None,
         allow_model_change: bool = False,
+        model_backend: str = "torch",
     ) -> None:
         self.path, index_path, metadata_path = self.resolve_paths(
             path, data_dir=data_dir, index_path=index_path, metadata_path=metadata_path
@@ -113,6 +114,7 @@ class RecordDB(EmbeddableDBMixin):
                 index_type=index_type,
                 index_options=index_options,
                 allow_model_change=allow_model_change,
+                model_backend=model_backend,
             )
         except BaseException:
             self.conn.close()

@@ -32,7 +32,13 @@ from filelock import FileLock, Timeout
 
 from . import validation as check
 from .backends import VectorIndex, get_backend
-from .encoder import DEFAULT_MODEL, HASH_MODEL_PREFIX, get_encoder, model_identity
+from .encoder import (
+    DEFAULT_MODEL,
+    HASH_MODEL_PREFIX,
+    check_model_backend,
+    get_encoder,
+    model_identity,
+)
 from .errors import (
     CorruptIndexError,
     EmbeddingError,
@@ -102,6 +108,7 @@ class EmbeddableDBMixin:
         index_type: str | None = None,
         index_options: Mapping[str, Any] | None = None,
         allow_model_change: bool = False,
+        model_backend: str = "torch",
     ) -> None:
         # Everything is checked before anything is written.
         conn = getattr(self, "conn", None)
@@ -129,6 +136,8 @@ class EmbeddableDBMixin:
                 raise InvalidInputError(f"model {model_name!r}: use 'hash:<dimension>', e.g. hash:64")
         self.model_name = model_name
         self.embedding_version = embedding_version
+        check_model_backend(model_name, model_backend)
+        self.model_backend = model_backend
         self.model_id = model_identity(model_name, encoder)
         self._encoder = encoder
         self.index_path, self.metadata_path = self._resolve_paths(conn, index_path, metadata_path)
@@ -251,7 +260,7 @@ class EmbeddableDBMixin:
     def encoder(self) -> Any:
         """The encoder in use; the shared model is only loaded when it first encodes."""
         if self._encoder is None:
-            self._encoder = get_encoder(self.model_name)
+            self._encoder = get_encoder(self.model_name, backend=self.model_backend)
         return self._encoder
 
     def encode_texts(self, texts: Iterable[Any]) -> np.ndarray:
@@ -578,12 +587,17 @@ class EmbeddableDBMixin:
             result.failed += 1
             result.failures.append((key, str(error)))
             log.warning("backfill: record %r failed: %s", key, error)
-        self._write(rows)
+        if not rows:
+            return
+        self._store.upsert(rows)
+        # Counted as soon as committed, before the index catches up: a Ctrl-C there must
+        # not leave the summary short of what SQLite holds.
         for row in rows:
             if is_new[row.record_id]:
                 result.embedded += 1
             else:
                 result.reembedded += 1
+        self._after_write()
 
     # -- keeping the live index current --------------------------------------------------------------
     def _ensure_open(self) -> None:
@@ -914,17 +928,26 @@ class EmbeddableDBMixin:
         return report
 
     def _verify(self) -> VerifyReport:
+        """Compare SQLite, the live index and the files as of one moment.
+
+        Other processes write while we look: the file lock keeps a save from replacing the
+        files between reading the metadata and the index, and SQLite is read, and the live
+        index synced, inside one snapshot taken under that lock, so neither side is ahead.
+        """
+        with self._files_locked():
+            return self._verify_now()
+
+    def _verify_now(self) -> VerifyReport:
         problems: list[str] = []
-        dim = self._live.dim or self._current_dim()
         with self._snapshot():
+            dim = self._live.dim or self._current_dim()
             seq = self._store.last_seq()
             stored = (
                 {row[1] for row in self._store.mapping(self.model_id, dim)} if dim else set()
             )
+            if self._live.synced_seq < seq:
+                self._sync()
         live_ids = set(self._live.label_of)
-        if self._live.synced_seq < seq:
-            self._sync()
-            live_ids = set(self._live.label_of)
         if stored != live_ids:
             problems.append(
                 f"live index holds {len(live_ids)} vectors, SQLite {len(stored)} "

@@ -10,6 +10,7 @@ reader sees the old file or the new one, never half of one. Both temporary files
 before either is replaced, so a failed write (a full disk) leaves the previous pair intact. The
 index is replaced first and the manifest last; a kill in between leaves a manifest whose
 checksum does not match the index, which the mixin treats as stale and rebuilds from SQLite.
+Temporary files of a writer killed mid-save are deleted by the next open (``remove_stale_temps``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,156 @@
+"""The subprocesses of the reliability tests: ``python child.py <mode> <args>``.
+
+Modes:
+- ``backfill DB BACKEND BATCH MARKS``: a slowed backfill, to be killed at a random moment;
+- ``saver DB BACKEND MARKS SEED``: embeds a few records, then saves or rebuilds the index, in
+  a loop, with sleeps around every ``os.replace`` and ``fsync``, so kills land inside saves;
+- ``writer DB BACKEND START COUNT``: inserts and embeds notes START .. START+COUNT-1;
+- ``reader DB BACKEND STOP``: searches in a loop until the file STOP exists;
+- ``interrupt DB``: a slowed backfill that reports the result of Ctrl-C as JSON.
+
+MARKS is a file the child appends one letter to on entering (upper case) and leaving (lower
+case) an index save (W/w) or a backfill batch (B/b), so the parent knows where a kill landed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+
+from reliability_helpers import Notes, SlowEncoder, fill_notes
+
+from embeddable_db import BackfillInterrupted, EmbeddableDBMixin
+
+
+def mark_calls(marks_path: str) -> None:
+    fd = os.open(marks_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def wrap(name: str, letter: str) -> None:
+        original = getattr(EmbeddableDBMixin, name)
+
+        def wrapper(self, *args, **kwargs):
+            os.write(fd, letter.encode())
+            result = original(self, *args, **kwargs)
+            os.write(fd, letter.lower().encode())
+            return result
+
+        setattr(EmbeddableDBMixin, name, wrapper)
+
+    wrap("_write_files", "W")
+    wrap("_backfill_batch", "B")
+
+
+def slow_file_operations(seed: int) -> None:
+    """Sleep a little before and after each replace and fsync: wider windows for the kill."""
+    rng = random.Random(seed)
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def replace(src, dst, **kwargs):
+        time.sleep(rng.uniform(0, 0.02))
+        real_replace(src, dst, **kwargs)
+        time.sleep(rng.uniform(0, 0.02))
+
+    def fsync(fd):
+        time.sleep(rng.uniform(0, 0.01))
+        real_fsync(fd)
+
+    os.replace, os.fsync = replace, fsync
+
+
+def backfill(db_path: str, backend: str, batch: str, marks: str) -> None:
+    mark_calls(marks)
+    db = Notes(db_path, backend=backend, encoder=SlowEncoder(delay=0.012))
+    print("ready", flush=True)
+    db.backfill_embeddings(batch_size=int(batch))
+    print("done", flush=True)
+    db.shut()
+
+
+def saver(db_path: str, backend: str, marks: str, seed: str) -> None:
+    mark_calls(marks)
+    slow_file_operations(int(seed))
+    db = Notes(db_path, backend=backend)
+    print("ready", flush=True)
+    rng = random.Random(int(seed))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        have = {row[0] for row in db.conn.execute("SELECT record_id FROM embeddings WHERE deleted = 0")}
+        todo = [
+            (rid, {"body": body}, "note")
+            for rid, body in db.conn.execute("SELECT id, body FROM notes ORDER BY id")
+            if str(rid) not in have
+        ][: rng.randint(1, 8)]
+        if todo:
+            db.add_embeddings(todo)
+        if rng.random() < 0.5:
+            db.save_index()
+        else:
+            db.rebuild_index()
+    db.shut()
+
+
+def writer(db_path: str, backend: str, start: str, count: str) -> None:
+    db = Notes(db_path, backend=backend)
+    print("ready", flush=True)
+    texts = fill_notes(db_path, int(count), seed=int(start), start=int(start))
+    for rid, text in texts.items():
+        db.add_embedding(rid, {"body": text}, "note")
+    db.shut()
+    print("done", flush=True)
+
+
+def reader(db_path: str, backend: str, stop: str) -> None:
+    """Search until told to stop; every answer must be well formed and the count never shrink."""
+    db = Notes(db_path, backend=backend)
+    print("ready", flush=True)
+    rng = random.Random(os.getpid())
+    report = {"searches": 0, "errors": [], "counts": []}
+    last_count = 0
+    while True:
+        stopping = os.path.exists(stop)  # look before searching: the last round sees everything
+        try:
+            hits = db.search_by_text(f"note{rng.randint(1, 2000)} {rng.choice(['alpha', 'opal'])}",
+                                     top_k=rng.choice([1, 10, 50]))
+            distances = [h[1] for h in hits]
+            if distances != sorted(distances) or len({h[0] for h in hits}) != len(hits):
+                report["errors"].append(f"malformed answer {hits[:3]}")
+            count = db.embedding_count()
+            if count < last_count:
+                report["errors"].append(f"count went down from {last_count} to {count}")
+            last_count = count
+            report["searches"] += 1
+            if report["searches"] % 10 == 0:  # while others write and save
+                verify = db.verify_index()
+                if not verify.ok:
+                    report["errors"].append(f"verify_index: {verify.problems}")
+        except Exception as exc:  # noqa: BLE001 - the parent wants to see every error
+            report["errors"].append(f"{type(exc).__name__}: {exc}")
+        if stopping:
+            break
+    report["final_count"] = db.embedding_count()
+    db.shut()
+    print(json.dumps(report), flush=True)
+
+
+def interrupt(db_path: str) -> None:
+    db = Notes(db_path, encoder=SlowEncoder(delay=0.02))
+    print("ready", flush=True)
+    try:
+        result = db.backfill_embeddings(batch_size=5)
+    except BackfillInterrupted as exc:
+        result = exc.result
+    print(json.dumps({
+        "interrupted": result.interrupted,
+        "embedded": result.embedded,
+        "last_record_id": result.last_record_id,
+    }), flush=True)
+    db.shut()
+
+
+if __name__ == "__main__":
+    mode, *arguments = sys.argv[1:]
+    {"backfill": backfill, "saver": saver, "writer": writer, "reader": reader,
+     "interrupt": interrupt}[mode](*arguments)

@@ -1,0 +1,201 @@
+"""Shared pieces of the reliability tests; also imported by the subprocesses in ``child.py``.
+
+Everything here runs on the hashing encoder (``model_name="hash:<dim>"``), so no process ever
+imports torch, and on real SQLite files in the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import faiss
+
+from embeddable_db import EmbeddableDBMixin, HashingEncoder
+from embeddable_db.store import blob_to_vector
+
+# These tests make thousands of single queries on tiny indexes: FAISS's OpenMP thread pool only
+# adds wake-up latency there (milliseconds per query on a busy 2-core machine), which is why the
+# Makefile runs the tests with OMP_NUM_THREADS=1. Do the same when they are run directly.
+faiss.omp_set_num_threads(1)
+
+HERE = Path(__file__).resolve().parent
+CHILD = str(HERE / "child.py")
+DIM = 32
+MODEL = f"hash:{DIM}"
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
+    "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu amber basil "
+    "cedar dune ember fjord grove heath islet jade knoll lagoon marsh nectar opal prairie"
+).split()
+
+
+class Notes(EmbeddableDBMixin):
+    """A notes table embedded in batches: the shape of the six ready databases."""
+
+    def __init__(self, path, **options):
+        # timeout: several processes create the table and write to it at once.
+        self.conn = sqlite3.connect(str(path), timeout=60)
+        self.conn.execute("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
+        self.conn.commit()
+        options.setdefault("model_name", MODEL)
+        super().__init__(**options)
+
+    def embedding_text(self, record):
+        return record["body"]
+
+    def iter_records(self):
+        for rid, body in self.conn.execute("SELECT id, body FROM notes ORDER BY id"):
+            yield rid, {"body": body}, "note"
+
+    def shut(self) -> None:
+        try:
+            self.close()
+        finally:
+            self.conn.close()
+
+
+class SlowEncoder(HashingEncoder):
+    """The hashing encoder, sleeping per model call so that batches are in flight when killed."""
+
+    def __init__(self, dim: int = DIM, delay: float = 0.01) -> None:
+        super().__init__(dim)
+        self.delay = delay
+
+    def encode(self, texts, batch_size=None):
+        time.sleep(self.delay)
+        return super().encode(texts, batch_size)
+
+
+def note_text(i: int, rng: random.Random) -> str:
+    return f"note{i} " + " ".join(rng.sample(WORDS, 3))
+
+
+def fill_notes(path, n: int, seed: int = 0, start: int = 1) -> dict[int, str]:
+    """Insert notes ``start .. start+n-1`` (no vectors yet); returns id -> text."""
+    rng = random.Random(seed)
+    texts = {i: note_text(i, rng) for i in range(start, start + n)}
+    conn = sqlite3.connect(str(path), timeout=60)
+    conn.execute("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
+    conn.executemany("INSERT INTO notes(id, body) VALUES (?, ?)", list(texts.items()))
+    conn.commit()
+    conn.close()
+    return texts
+
+
+def live_vectors(path, table: str = "embeddings") -> dict[str, bytes]:
+    """record_id -> vector BLOB of every live row, read straight from SQLite."""
+    conn = sqlite3.connect(str(path), timeout=60)
+    try:
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)
+        ).fetchone()
+        if not exists:
+            return {}
+        rows = conn.execute(f"SELECT record_id, vector FROM {table} WHERE deleted = 0").fetchall()
+    finally:
+        conn.close()
+    ids = [r[0] for r in rows]
+    assert len(ids) == len(set(ids)), "a record has more than one live vector"
+    return dict(rows)
+
+
+def assert_searchable(db, ids=None, texts: dict | None = None) -> None:
+    """Each record's own vector (and own text, when given) finds it, at distance 0.
+
+    The hashing encoder gives some different texts the same vector, so ``top_k`` is the size
+    of the record's group of identical vectors: all of them tie at distance 0.
+    """
+    path = db.conn.execute("PRAGMA database_list").fetchone()[2]
+    vectors = live_vectors(path, db.embedding_table)
+    groups: dict[bytes, int] = defaultdict(int)
+    for blob in vectors.values():
+        groups[blob] += 1
+    for rid in vectors if ids is None else ids:
+        blob = vectors[str(rid)]
+        k = groups[blob]
+        hits = db.search_by_vector(blob_to_vector(blob), top_k=k)
+        assert str(rid) in [h[0] for h in hits], f"record {rid} is not found by its vector"
+        assert all(h[1] < 1e-5 for h in hits)
+        if texts is not None:
+            hits = db.search_by_text(texts[int(rid)], top_k=k)
+            assert str(rid) in [h[0] for h in hits], f"record {rid} is not found by its text"
+
+
+def sqlite_dump(path) -> list[str]:
+    conn = sqlite3.connect(str(path))
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def file_bytes(*paths) -> dict:
+    out = {}
+    for p in paths:
+        try:
+            with open(p, "rb") as handle:
+                out[str(p)] = handle.read()
+        except FileNotFoundError:
+            out[str(p)] = None
+    return out
+
+
+def snapshot(db) -> tuple:
+    """Everything a store keeps on disk: the SQLite contents and the index files."""
+    path = db.conn.execute("PRAGMA database_list").fetchone()[2]
+    return sqlite_dump(path), file_bytes(db.index_path, db.metadata_path)
+
+
+def temp_files(folder) -> list[str]:
+    return sorted(glob.glob(os.path.join(str(folder), ".*.tmp")))
+
+
+def spawn(*args: str, **kwargs) -> subprocess.Popen:
+    """Start ``child.py`` with these arguments (one torch-free Python process)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, CHILD, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kwargs,
+    )
+
+
+def wait_for_line(proc: subprocess.Popen, expected: str) -> None:
+    line = proc.stdout.readline().strip()
+    if line != expected:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"child said {line!r}, not {expected!r}; stderr:\n{err}")
+
+
+def assert_same_answers(got: list, expected: list, tol: float = 1e-5) -> None:
+    """Equal search answers: the same distances, and the same ids except where distances tie.
+
+    The hashing encoder gives many equal distances; which of several tied records fills the
+    last places is not specified, so only records strictly before the last distance must match.
+    """
+    assert [g[1] for g in got] == pytest_approx([e[1] for e in expected], tol)
+    if expected:
+        cutoff = expected[-1][1] - tol
+        assert {e[0] for e in expected if e[1] < cutoff} == {g[0] for g in got if g[1] < cutoff}
+        for (gid, gd), (eid, ed) in zip(got, expected, strict=True):
+            if abs(gd - ed) < tol and gid != eid:  # a tie inside the list: same set, any order
+                tied = {e[0] for e in expected if abs(e[1] - ed) < tol}
+                assert gid in tied or abs(gd - cutoff) <= 2 * tol
+
+
+def pytest_approx(values, tol):
+    import pytest
+
+    return pytest.approx(values, abs=tol)

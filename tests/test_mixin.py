@@ -299,3 +299,19 @@ def test_closed_store_refuses_work(make_notes):
     db.close()
     with pytest.raises(EmbeddingError, match="closed"):
         db.search_by_vector([1.0] * 32)
+
+
+def test_encoder_failure_is_not_reported_as_bad_input(make_notes):
+    from embeddable_db import EncodingError
+
+    class Broken(HashingEncoder):
+        def encode(self, texts, batch_size=None):
+            raise RuntimeError("model crashed")
+
+    db = make_notes(encoder=Broken(8))
+    with pytest.raises(EncodingError, match="model crashed") as caught:
+        db.add_embedding(1, {"body": "fine text"}, "note")
+    assert not isinstance(caught.value, ValueError)
+    db.add_note("another fine text")
+    result = db.backfill_embeddings()
+    assert result.failed == 1 and "encoder failed" in result.failures[0][1]

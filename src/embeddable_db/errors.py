@@ -33,3 +33,7 @@ class BackendUnavailableError(EmbeddingError):
 
 class CorruptIndexError(EmbeddingError):
     """Index files that are damaged and could not be rebuilt from SQLite."""
+
+
+class EncodingError(EmbeddingError):
+    """The encoder (model) failed on a text: not the caller's input at fault."""

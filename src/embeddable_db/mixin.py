@@ -42,6 +42,7 @@ from .encoder import (
 from .errors import (
     CorruptIndexError,
     EmbeddingError,
+    EncodingError,
     InvalidInputError,
     ModelConflictError,
     StoreConflictError,
@@ -73,6 +74,15 @@ ENCODE_BATCH = 64
 
 def _fingerprint_of(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _as_encoding_error(error: Exception) -> Exception:
+    """The encoder's own failures (not bad input) keep a type that says so."""
+    if isinstance(error, EmbeddingError):
+        return error
+    wrapped = EncodingError(f"the encoder failed: {type(error).__name__}: {error}")
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def _canonical(record: Any) -> str:
@@ -333,14 +343,14 @@ class EmbeddableDBMixin:
             return list(self.encode_texts(texts))
         except Exception as batch_error:  # noqa: BLE001
             if len(texts) == 1:
-                failures.append((prepared[0][0], batch_error))
+                failures.append((prepared[0][0], _as_encoding_error(batch_error)))
                 return [None]
         vectors: list[np.ndarray | None] = []
         for text, p in zip(texts, prepared, strict=True):
             try:
                 vectors.append(self.encode_texts([text])[0])
             except Exception as exc:  # noqa: BLE001
-                failures.append((p[0], exc))
+                failures.append((p[0], _as_encoding_error(exc)))
                 vectors.append(None)
         return vectors
 
@@ -368,6 +378,22 @@ class EmbeddableDBMixin:
 
         Every item is encoded and checked first; then all vectors are written in one
         transaction. Returns how many were stored.
+        """
+        return self.store_embeddings(
+            self.prepare_embeddings(items, batch_size=batch_size, source_ids=source_ids)
+        )
+
+    def prepare_embeddings(
+        self,
+        items: Iterable[tuple[Any, Any, str]],
+        *,
+        batch_size: int = 100,
+        source_ids: Iterable[Any] | None = None,
+    ) -> list[VectorRow]:
+        """Encode and check records without writing anything; ``store_embeddings`` writes them.
+
+        The split lets a database encode before it takes SQLite's write lock for the row, so
+        other writers never wait for the model.
         """
         batch_size = check.check_batch_size(batch_size)
         items = check.check_items(items)
@@ -402,6 +428,24 @@ class EmbeddableDBMixin:
                         f"record {key!r} could not be embedded: {type(error).__name__}: {error}"
                     ) from error
                 rows += batch_rows
+        return rows
+
+    def store_embeddings(self, rows: Iterable[VectorRow]) -> int:
+        """Write vectors from ``prepare_embeddings`` in one transaction; durable on return.
+
+        It commits the connection, so a caller's pending row change lands in the same commit.
+        """
+        rows = list(rows)
+        if not all(isinstance(row, VectorRow) for row in rows):
+            raise InvalidInputError("store_embeddings takes the rows prepare_embeddings returns")
+        with self._lock:
+            self._ensure_open()
+            self._check_batch_dimensions(rows)
+            if rows and self.dimension is not None and rows[0].vector.shape[0] != self.dimension:
+                raise check.DimensionMismatchError(
+                    f"prepared vectors have {rows[0].vector.shape[0]} dimensions; this store "
+                    f"holds {self.dimension}: prepare them again"
+                )
             self._write(rows)
         return len(rows)
 

@@ -97,3 +97,31 @@ def test_real_model_finds_the_bot_by_meaning(open_db, real_encoder):
     ]
     best = best_match(db, bots, "which bot chases customers who have not paid their bills")
     assert best.name == "invoice-chaser"
+
+
+def test_encoding_happens_before_the_write_lock(tmp_path):
+    """Another process can write while this one encodes: add/update encode first, then lock."""
+    import sqlite3
+
+    from embeddable_db import HashingEncoder
+
+    path = tmp_path / "bots.db"
+    attempts = []
+
+    class ProbingEncoder(HashingEncoder):
+        def encode(self, texts, batch_size=None):
+            other = sqlite3.connect(path, timeout=0.05)
+            try:
+                other.execute("BEGIN IMMEDIATE")  # 'database is locked' if a writer holds it
+                other.rollback()
+                attempts.append("free")
+            finally:
+                other.close()
+            return super().encode(texts)
+
+    db = BotDB(path, encoder=ProbingEncoder(64))
+    bot_id = db.add(BotRecord("prober", purpose="checks locks"))
+    db.update(bot_id, purpose="checks locks again")
+    assert attempts == ["free", "free"]
+    assert db.search("checks locks again", top_k=1)[0].record_id == bot_id
+    db.close()

@@ -239,10 +239,6 @@ class RecordDB(EmbeddableDBMixin):
             )
         return text
 
-    def _warm_encoder(self) -> None:
-        """Load the model before a write transaction takes SQLite's write lock, not during it."""
-        getattr(self.encoder, "model", None)
-
     # -- transactions ------------------------------------------------------------------------------
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -282,14 +278,16 @@ class RecordDB(EmbeddableDBMixin):
         spec = self._spec_of(record)
         checked = spec.check_record(record)
         self._checked_text(record)
-        self._warm_encoder()
         for field, value in checked.items():  # e.g. tuples become lists, as they read back
             setattr(record, field, value)
+        # Encode before BEGIN IMMEDIATE: other writers never wait for the model.
+        (row,) = self.prepare_embeddings([(f"{spec.kind}:new", record, spec.kind)],
+                                         source_ids=[source_id])
         with self._transaction() as conn:
             record_id = spec.insert(conn, checked)
             record.id = record_id
             try:
-                self.add_embedding(f"{spec.kind}:{record_id}", record, spec.kind, source_id=source_id)
+                self.store_embeddings([dataclasses.replace(row, record_id=f"{spec.kind}:{record_id}")])
             except BaseException:
                 record.id = None
                 raise
@@ -311,29 +309,53 @@ class RecordDB(EmbeddableDBMixin):
         return updated[0] if updated else None
 
     def _update_rows(self, spec: TableSpec, record_ids: Sequence[int], fields: Mapping[str, Any]):
-        """Apply the same changes to several rows: one transaction, one ``add_embeddings`` call."""
+        """Apply the same changes to several rows: one transaction, one batch of vectors.
+
+        The new texts are encoded before the write transaction starts; a row that another
+        writer changed in between is encoded again inside it.
+        """
         changes = spec.check_fields(fields)
         ids = list(dict.fromkeys(row_id(rid) for rid in record_ids))
         if spec.touch and spec.touch not in changes:
             changes[spec.touch] = utc_now()
-        if set(changes) & set(spec.record_type.EMBEDDED_FIELDS):
-            self._warm_encoder()
-        updated, reembed = [], []
+        early = self._reembeds(spec, self._select_ids(spec, self._reader(), ids), changes)
+        prepared = {row.record_id: row for row in self.prepare_embeddings(early)} if early else {}
+        texts = {key: self.embedding_text(new) for key, new, _ in early}
+        updated, rows, late = [], [], []
         with self._transaction() as conn:
-            for start in range(0, len(ids), PAGE):
-                chunk = ids[start : start + PAGE]
-                marks = ",".join("?" * len(chunk))
-                for old in spec.select(conn, f"WHERE id IN ({marks}) ORDER BY id", chunk):
-                    new = dataclasses.replace(old, **changes)
-                    if self.embedding_text(new) != self.embedding_text(old):
-                        self._checked_text(new)
-                        reembed.append((f"{spec.kind}:{new.id}", new, spec.kind))
-                    updated.append(new)
+            current = self._select_ids(spec, conn, ids)
+            for key, new, kind in self._reembeds(spec, current, changes):
+                if key in prepared and texts[key] == self.embedding_text(new):
+                    rows.append(prepared[key])
+                else:
+                    late.append((key, new, kind))
+            updated = [dataclasses.replace(old, **changes) for old in current]
             spec.update(conn, [record.id for record in updated], changes)
-            if reembed:
-                self.add_embeddings(reembed)
+            if late:
+                rows += self.prepare_embeddings(late)
+            if rows:
+                self.store_embeddings(rows)
         order = {rid: i for i, rid in enumerate(ids)}
         return sorted(updated, key=lambda record: order[record.id])
+
+    @staticmethod
+    def _select_ids(spec: TableSpec, conn: sqlite3.Connection, ids: Sequence[int]) -> list[Any]:
+        found = []
+        for start in range(0, len(ids), PAGE):
+            chunk = ids[start : start + PAGE]
+            marks = ",".join("?" * len(chunk))
+            found += spec.select(conn, f"WHERE id IN ({marks}) ORDER BY id", chunk)
+        return found
+
+    def _reembeds(self, spec: TableSpec, olds: list[Any], changes: Mapping[str, Any]) -> list:
+        """(key, new record, kind) for the rows whose embedded text the changes alter."""
+        out = []
+        for old in olds:
+            new = dataclasses.replace(old, **changes)
+            if self.embedding_text(new) != self.embedding_text(old):
+                self._checked_text(new)
+                out.append((f"{spec.kind}:{new.id}", new, spec.kind))
+        return out
 
     def delete(self, record_id: int, *, kind: str | None = None) -> bool:
         """Delete a record and its vector; True when there was such a record."""

@@ -96,7 +96,15 @@ def sqlite_dump(path) -> list[str]:
 
 
 def file_bytes(*paths) -> dict:
-    return {str(p): (open(p, "rb").read() if os.path.exists(p) else None) for p in paths}
+    """Each file's bytes (None when it does not exist), to prove a call wrote nothing."""
+    out = {}
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                out[str(path)] = handle.read()
+        except FileNotFoundError:
+            out[str(path)] = None
+    return out
 
 
 @pytest.fixture(scope="session")

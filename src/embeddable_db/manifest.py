@@ -196,7 +196,10 @@ def remove_stale_temps(path: str) -> None:
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, fsync, then atomically replace ``path``; clean up on failure."""
-    tmp = write_temp(path, write)
+    publish_or_discard(write_temp(path, write), path)
+
+
+def publish_or_discard(tmp: str, path: str) -> None:
     try:
         publish(tmp, path)
     except BaseException:
@@ -229,9 +232,4 @@ def write_manifest_temp(path: str, manifest: Manifest) -> str:
 
 
 def write_manifest(path: str, manifest: Manifest) -> None:
-    tmp = write_manifest_temp(path, manifest)
-    try:
-        publish(tmp, path)
-    except BaseException:
-        discard_temp(tmp)
-        raise
+    publish_or_discard(write_manifest_temp(path, manifest), path)

@@ -27,6 +27,9 @@ from embeddable_db.store import blob_to_vector
 faiss.omp_set_num_threads(1)
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests/conftest.py holds the snapshot helpers
+from conftest import file_bytes, sqlite_dump  # noqa: E402,F401 - re-exported to the tests
+
 CHILD = str(HERE / "child.py")
 DIM = 32
 MODEL = f"hash:{DIM}"
@@ -127,25 +130,6 @@ def assert_searchable(db, ids=None, texts: dict | None = None) -> None:
         if texts is not None:
             hits = db.search_by_text(texts[int(rid)], top_k=k)
             assert str(rid) in [h[0] for h in hits], f"record {rid} is not found by its text"
-
-
-def sqlite_dump(path) -> list[str]:
-    conn = sqlite3.connect(str(path))
-    try:
-        return list(conn.iterdump())
-    finally:
-        conn.close()
-
-
-def file_bytes(*paths) -> dict:
-    out = {}
-    for p in paths:
-        try:
-            with open(p, "rb") as handle:
-                out[str(p)] = handle.read()
-        except FileNotFoundError:
-            out[str(p)] = None
-    return out
 
 
 def snapshot(db) -> tuple:

@@ -1,0 +1,95 @@
+"""Fresh-process probes for the cold-open and memory benchmarks; each prints one JSON line.
+
+    child.py baseline <backend>           imports what a store needs, opens nothing
+    child.py open <backend> <folder>      opens the store and answers one search_by_vector
+    child.py raw <backend> <index file>   the library alone loads the index file and searches
+    child.py backfill <backend> <folder> <n>   backfills n text records with hash:384
+
+Only what each probe needs is imported, so ``raw`` never pays for embeddable_db.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+DIM = 384
+
+
+def query():
+    import numpy as np
+
+    vector = np.random.default_rng(1).normal(size=DIM).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def baseline(backend: str) -> dict:
+    import embeddable_db  # noqa: F401
+
+    __import__("faiss" if backend in ("faiss", "hnsw") else "annoy")
+    return {}
+
+
+def open_store(backend: str, folder: str) -> dict:
+    from pathlib import Path
+
+    from common import open_store as open_bench_store
+
+    started = time.perf_counter()
+    store = open_bench_store(Path(folder), backend)
+    opened = time.perf_counter()
+    hits = store.search_by_vector(query(), 10)
+    searched = time.perf_counter()
+    assert len(hits) == 10
+    return {"answered_at": time.time(), "open_s": opened - started, "search_s": searched - opened}
+
+
+def raw(backend: str, path: str) -> dict:
+    if backend == "annoy":
+        from annoy import AnnoyIndex
+
+        from embeddable_db.backends.annoy import DEFAULT_SEARCH_K
+
+        index = AnnoyIndex(DIM, "angular")
+        index.load(path)
+        index.get_nns_by_vector(query(), 10, search_k=DEFAULT_SEARCH_K)
+    else:
+        import faiss
+
+        index = faiss.read_index(path)
+        index.search(query().reshape(1, -1), 10)
+    return {"answered_at": time.time()}
+
+
+def backfill(backend: str, folder: str, n: str) -> dict:
+    from itertools import cycle, islice
+    from pathlib import Path
+
+    from common import BenchStore, TimedEncoder, stdlib_texts
+
+    from embeddable_db import get_encoder
+
+    encoder = TimedEncoder(get_encoder("hash:384"))
+    store = BenchStore(Path(folder) / "store.db", backend=backend, encoder=encoder)
+    texts = (f"{text} ({i})" for i, text in enumerate(islice(cycle(stdlib_texts()), int(n))))
+    store.add_texts(texts)
+    started = time.perf_counter()
+    result = store.backfill_embeddings(batch_size=1000)
+    seconds = time.perf_counter() - started
+    store.close()
+    assert result.embedded == int(n), result
+    return {"backfill_s": seconds, "encode_s": encoder.seconds}
+
+
+def main() -> None:
+    probe, *args = sys.argv[1:]
+    out = {"baseline": baseline, "open": open_store, "raw": raw, "backfill": backfill}[probe](*args)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["torch_imported"] = "torch" in sys.modules
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

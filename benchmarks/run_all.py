@@ -1,0 +1,54 @@
+"""Run every benchmark of issue 6 in its own process, print their output and a summary of ratios.
+
+``make bench`` runs this. The first run embeds the real texts once (minutes); later runs reuse
+``benchmarks/.cache/``. Exit status is non-zero when a benchmark fails (not when a target is missed).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = (
+    "bench_backfill.py",
+    "bench_incremental.py",
+    "bench_search.py",
+    "bench_cold_open.py",
+    "bench_memory.py",
+    "bench_encoder.py",
+)
+
+
+def main() -> int:
+    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    started = time.perf_counter()
+    summary, failed = [], []
+    for script in SCRIPTS:
+        if not (HERE / script).exists():
+            print(f"== {script}: not present, skipped\n", flush=True)
+            continue
+        print(f"== {script}", flush=True)
+        began = time.perf_counter()
+        with subprocess.Popen([sys.executable, str(HERE / script)], stdout=subprocess.PIPE,
+                              text=True, env=env) as child:
+            for line in child.stdout:
+                print(line, end="", flush=True)
+                if line.startswith("RATIO"):
+                    summary.append(f"{script}: {line.strip()}")
+        if child.returncode:
+            failed.append(script)
+        status = "ok" if child.returncode == 0 else f"FAILED (exit {child.returncode})"
+        print(f"== {script}: {status} in {time.perf_counter() - began:.0f} s\n", flush=True)
+    print("== summary")
+    print("\n".join(summary))
+    failures = f"; failed: {', '.join(failed)}" if failed else ""
+    print(f"total {time.perf_counter() - started:.0f} s{failures}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -315,3 +315,20 @@ def test_encoder_failure_is_not_reported_as_bad_input(make_notes):
     db.add_note("another fine text")
     result = db.backfill_embeddings()
     assert result.failed == 1 and "encoder failed" in result.failures[0][1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_search_is_exact_with_many_tombstones(tmp_path, backend):
+    """Updated vectors leave tombstones in the built index; results must still be the best k."""
+    vectors = unit_vectors(300, 16, seed=11)
+    moved = unit_vectors(300, 16, seed=12)
+    db = VectorDB(str(tmp_path / "t.db"), backend=backend)
+    db.add_embeddings([(i, {"vec": v}, "item") for i, v in enumerate(vectors)])
+    db.save_index()
+    db.add_embeddings([(i, {"vec": moved[i]}, "item") for i in range(250)])  # 250 tombstones
+    current = np.concatenate([moved[:250], vectors[250:]])
+    for q in unit_vectors(5, 16, seed=13):
+        hits = db.search_by_vector(q, top_k=10)
+        expected = np.argsort(1 - current @ q)[:10]
+        assert [h[0] for h in hits] == [str(i) for i in expected]
+    db.close()

@@ -190,16 +190,26 @@ class LiveIndex:
     def _search_labels(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         merged: list[tuple[float, int]] = []
         if self.backend is not None and len(self.backend):
-            want = min(len(self.backend), k + len(self.tombstones))
-            labels, distances = self.backend.search(query, want)
-            tomb = self.tombstones
-            merged += [
-                (float(d), int(label))
-                for label, d in zip(labels, distances, strict=True)
-                if int(label) not in tomb
-            ]
+            merged += self._search_backend(query, k)
         if self.delta is not None and len(self.delta):
             labels, distances = self.delta.search(query, k)
             merged += [(float(d), int(label)) for label, d in zip(labels, distances, strict=True)]
         merged.sort()
         return [(label, distance) for distance, label in merged[:k]]
+
+    def _search_backend(self, query: np.ndarray, k: int) -> list[tuple[float, int]]:
+        """The backend's ``k`` best live items: ask for ``k`` plus the tombstones' expected
+        share, widening only when more of them turned up (asking for ``k`` + all tombstones
+        made every search after 5,000 updates fetch 5,000 hits)."""
+        n, tomb = len(self.backend), self.tombstones
+        want = min(n, k + (2 * k * len(tomb) // n + 8 if tomb else 0))
+        while True:
+            labels, distances = self.backend.search(query, want)
+            found = [
+                (d, label)
+                for label, d in zip(labels.tolist(), distances.tolist(), strict=True)
+                if label not in tomb
+            ]
+            if len(found) >= k or want >= n or len(labels) < want:
+                return found
+            want = min(n, want * 4)

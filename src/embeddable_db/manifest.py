@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -56,7 +56,7 @@ class Manifest:
         return len(self.records)
 
     def to_json(self) -> str:
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}  # asdict deep-copies rows
         data["count"] = self.count
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 

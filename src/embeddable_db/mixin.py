@@ -69,7 +69,7 @@ LOCK_TIMEOUT_SECONDS = 300
 # of the backend's size): rebuilds stay geometric, so their total cost is linear in the store.
 MIN_PENDING = 10_000
 MAX_PENDING = 50_000
-ENCODE_BATCH = 64
+BACKFILL_MAX_PENDING = 200_000
 
 
 def _fingerprint_of(value: str) -> str:
@@ -641,7 +641,11 @@ class EmbeddableDBMixin:
                 result.embedded += 1
             else:
                 result.reembedded += 1
-        self._after_write()
+        # No rebuild per batch: the backfill's final save builds the index once. Only a delta
+        # past BACKFILL_MAX_PENDING is folded in early, to bound memory.
+        self._sync()
+        if self._live.pending > BACKFILL_MAX_PENDING:
+            self._maybe_compact()
 
     # -- keeping the live index current --------------------------------------------------------------
     def _ensure_open(self) -> None:

@@ -126,6 +126,15 @@ def _check_unicode(value: str, what: str) -> None:
 
 def check_vector(vector: Any, dim: int | None, model: str | None = None) -> np.ndarray:
     """A finite, non-zero 1-D vector of the store's dimension, returned L2-normalised float32."""
+    if (
+        type(vector) is np.ndarray
+        and vector.dtype == np.float32
+        and vector.ndim == 1
+        and vector.shape[0] == dim
+    ):  # the common case, cheaply; NaN, inf, zero or overflow fall through to the full checks
+        norm = float(np.sqrt(np.dot(vector, vector)))
+        if 0.0 < norm < np.inf:
+            return vector / np.float32(norm)
     if vector is None:
         raise InvalidVectorError("vector is None: pass a list or array of floats")
     if isinstance(vector, str | bytes | Mapping):

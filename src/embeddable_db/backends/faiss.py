@@ -93,10 +93,16 @@ class FaissVectorIndex(VectorIndex):
         if k <= 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         if self.index_type == "hnsw":
-            faiss.downcast_index(self._index.index).hnsw.efSearch = max(self.ef_search, k)
-        scores, labels = self._index.search(query.reshape(1, -1).astype(np.float32), k)
+            self._set_ef(max(self.ef_search, k))
+        scores, labels = self._index.search(np.asarray(query, np.float32)[None, :], k)
         keep = labels[0] >= 0
         return labels[0][keep], (1.0 - scores[0][keep]).astype(np.float32)
+
+    def _set_ef(self, ef: int) -> None:
+        """Set efSearch only when it changes: the downcast costs more than the search itself."""
+        if getattr(self, "_ef_for", None) != (id(self._index), ef):
+            faiss.downcast_index(self._index.index).hnsw.efSearch = ef
+            self._ef_for = (id(self._index), ef)
 
     def save(self, path: str) -> None:
         faiss.write_index(self._index, path)

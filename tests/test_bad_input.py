@@ -175,6 +175,7 @@ def test_metadata_of_another_model_is_refused(make_notes, tmp_path):
 def test_metadata_with_another_dimension_is_refused(make_notes):
     db = make_notes()
     db.add_embedding(1, {"body": "dimension check"}, "note")
+    db.save_index()
     db.close()
     manifest = json.load(open(db.metadata_path))
     manifest["dim"] = 384

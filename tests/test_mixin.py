@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import NotesDB, VectorDB, unit_vectors
+from conftest import NotesDB, VectorDB, file_bytes, unit_vectors
 from embeddable_db import (
     BackfillResult,
     EmbeddingError,
@@ -332,3 +332,25 @@ def test_search_is_exact_with_many_tombstones(tmp_path, backend):
         expected = np.argsort(1 - current @ q)[:10]
         assert [h[0] for h in hits] == [str(i) for i in expected]
     db.close()
+
+
+def test_close_defers_a_small_delta(make_notes, encoder, caplog):
+    """Closing after a few adds to an Annoy store costs no rebuild; the next open replays them."""
+    db = make_notes(backend="annoy")
+    for i in range(30):
+        db.add_note(f"kept note {i}")
+    db.backfill_embeddings()
+    files = file_bytes(db.index_path, db.metadata_path)
+    db.add_embedding("late", {"body": "added just before closing"}, "note")
+    db.close()
+    assert file_bytes(db.index_path, db.metadata_path) == files  # no rebuild at close
+    encoder.texts_encoded = 0
+    with caplog.at_level(logging.WARNING, logger="embeddable_db"):
+        reopened = make_notes(backend="annoy")
+    assert caplog.records == []
+    assert reopened.search_by_text("added just before closing", top_k=1)[0][0] == "late"
+    assert reopened.embedding_count() == 31 and reopened.verify_index().ok
+    reopened.save_index()  # an explicit save always flushes
+    assert file_bytes(reopened.index_path, reopened.metadata_path) != files
+    # encoding the queries above was the only model work: nothing was re-embedded
+    assert encoder.texts_encoded == 1

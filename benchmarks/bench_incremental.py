@@ -73,9 +73,16 @@ def incremental(backend: str, new: np.ndarray, folder: Path) -> dict:
     assert count == 100_000 + N_ADDS, count
     close, _ = timed(store.close)
     store.conn.close()
+    # close() may leave a small delta for the next open: charge the adds their share of the
+    # full flush they will cause once the delta passes the threshold (one every `limit` adds).
+    store = open_store(folder, backend, new)
+    flush, _ = timed(store.save_index)
+    store.close()
+    store.conn.close()
     adds = float(np.sum(times))
-    return {"adds": adds, "close": close, "limit": limit, "ms": np.array(times) * 1e3,
-            "per_add": (adds + close) / N_ADDS}
+    share = max(flush, close) * min(1.0, N_ADDS / limit)
+    return {"adds": adds, "close": close, "flush": flush, "limit": limit,
+            "ms": np.array(times) * 1e3, "per_add": (adds + close + share) / N_ADDS}
 
 
 def main() -> None:
@@ -88,12 +95,11 @@ def main() -> None:
             p50, p95 = p50_p95(r["ms"])
             figure(f"{backend}: {N_ADDS:,} adds into 100k, add calls only", r["adds"], "s",
                    f"p50 {p50:.3f} ms, p95 {p95:.3f} ms, max {r['ms'].max():.1f} ms per call")
-            figure(f"{backend}: close() after them (flush / rebuild)", r["close"], "s")
-            figure(f"{backend}: per add, amortised incl. close", r["per_add"] * 1e3, "ms",
-                   f"target <= 1 ms: {verdict(r['per_add'] <= 1e-3)}")
-            figure(f"{backend}: per add if the flush came every {r['limit']:,} adds",
-                   (r["adds"] + r["close"] * N_ADDS / r["limit"]) / N_ADDS * 1e3, "ms",
-                   "projection: the delta threshold, not close(), decides rebuilds")
+            figure(f"{backend}: close() after them", r["close"], "s")
+            figure(f"{backend}: a full flush (save_index) of the store", r["flush"], "s",
+                   f"due once per {r['limit']:,} pending changes")
+            figure(f"{backend}: per add, amortised incl. close and its share of the flush",
+                   r["per_add"] * 1e3, "ms", f"target <= 1 ms: {verdict(r['per_add'] <= 1e-3)}")
         naive = NaiveStore(Path(tmp), noisy_copies(base, NAIVE_SIZE, seed=2))
         naive_s = np.median([timed(lambda i=i: naive.add_embedding(f"new-{i}", new[i]))[0]
                              for i in range(NAIVE_ADDS)])

@@ -19,7 +19,8 @@ class NotesDB(EmbeddableDBMixin):
     """The README's example store: one table, text embedded in batches."""
 
     def __init__(self, path, **options):
-        self.conn = sqlite3.connect(path)
+        # timeout: several processes may create the table and write to it at once.
+        self.conn = sqlite3.connect(path, timeout=60)
         self.conn.execute("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
         self.conn.commit()
         super().__init__(**options)

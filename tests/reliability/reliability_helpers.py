@@ -18,7 +18,7 @@ from pathlib import Path
 
 import faiss
 
-from embeddable_db import EmbeddableDBMixin, HashingEncoder
+from embeddable_db import HashingEncoder
 from embeddable_db.store import blob_to_vector
 
 # These tests make thousands of single queries on tiny indexes: FAISS's OpenMP thread pool only
@@ -28,7 +28,7 @@ faiss.omp_set_num_threads(1)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/conftest.py holds the snapshot helpers
-from conftest import file_bytes, sqlite_dump  # noqa: E402,F401 - re-exported to the tests
+from conftest import NotesDB, file_bytes, sqlite_dump  # noqa: E402,F401 - re-exported to the tests
 
 CHILD = str(HERE / "child.py")
 DIM = 32
@@ -40,23 +40,12 @@ WORDS = (
 ).split()
 
 
-class Notes(EmbeddableDBMixin):
+class Notes(NotesDB):
     """A notes table embedded in batches: the shape of the six ready databases."""
 
     def __init__(self, path, **options):
-        # timeout: several processes create the table and write to it at once.
-        self.conn = sqlite3.connect(str(path), timeout=60)
-        self.conn.execute("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
-        self.conn.commit()
         options.setdefault("model_name", MODEL)
-        super().__init__(**options)
-
-    def embedding_text(self, record):
-        return record["body"]
-
-    def iter_records(self):
-        for rid, body in self.conn.execute("SELECT id, body FROM notes ORDER BY id"):
-            yield rid, {"body": body}, "note"
+        super().__init__(str(path), **options)
 
     def shut(self) -> None:
         try:

@@ -823,7 +823,7 @@ class EmbeddableDBMixin:
                 "backup?): rebuilding it from SQLite", self.index_path,
             )
             return None
-        records = [(row[0], row[1], row[2]) for row in manifest.records]
+        records = manifest.records  # rows start (label, record_id, kind, ...)
         if not records:
             return LiveIndex(None, manifest.dim, (), manifest.synced_seq, manifest.generation)
         try:

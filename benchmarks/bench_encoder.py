@@ -135,15 +135,6 @@ def corpus() -> tuple[list[str], list[str]]:
 
 
 # -- encoders --------------------------------------------------------------------------------------
-def load_onnx_module():
-    spec = importlib.util.spec_from_file_location("onnx_encoder", MODULE_FILE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def throughput(encode: Callable[[list[str]], object], texts: list[str], batch: int) -> float:
     """Sentences/s, calling ``encode`` on consecutive batches for at least MIN_SECONDS."""
     done, start, i = 0, time.perf_counter(), 0
@@ -170,7 +161,7 @@ def fresh_process_seconds(code: str, runs: int, env: dict[str, str]) -> float:
 
 def main() -> int:
     began = time.perf_counter()
-    mod = load_onnx_module()
+    from embeddable_db import onnx_encoder as mod
     threads = mod.default_threads()
     onnx_path = mod.default_onnx_path()
     if not onnx_path.is_file():

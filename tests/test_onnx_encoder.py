@@ -7,7 +7,6 @@ package. The first run exports the ONNX file into the user cache (``$EMBEDDABLE_
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -61,18 +60,11 @@ TEXTS = [
 ]
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("_onnx_encoder_under_test", MODULE_FILE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def mod():
-    return _load_module()
+    from embeddable_db import onnx_encoder
+
+    return onnx_encoder
 
 
 @pytest.fixture(scope="module")

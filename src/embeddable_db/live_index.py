@@ -100,10 +100,6 @@ class LiveIndex:
         """How far the backend is from the live set: what a compaction would fold in."""
         return len(self.tombstones) + (len(self.delta) if self.delta else 0)
 
-    @property
-    def kinds(self) -> set[str]:
-        return {kind for _, kind in self.info.values()}
-
     # -- changes -----------------------------------------------------------------------------
     def apply(self, changes: Iterable[Change], model: str) -> None:
         """Bring the view up to date with rows read from SQLite (in ``seq`` order)."""

@@ -25,10 +25,6 @@ class BackfillResult:
         """Records looked at (vectors removed for vanished records are not records)."""
         return self.embedded + self.reembedded + self.unchanged + self.failed
 
-    def merge(self, other: BackfillResult) -> None:
-        for name in ("embedded", "reembedded", "removed", "unchanged", "failed", "seconds"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.failures += other.failures
 
 
 class BackfillInterrupted(KeyboardInterrupt):

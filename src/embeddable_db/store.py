@@ -342,18 +342,6 @@ class EmbeddingStore:
         ).fetchone()
         return None if row is None or row[0] is None else blob_to_vector(row[0])
 
-    def record_info(self, record_id: str) -> dict | None:
-        row = self.conn.execute(
-            f"SELECT label, kind, source_id, model, dim, text_hash, embedding_version, "
-            f"created_at, updated_at FROM {self.table} WHERE record_id = ? AND deleted = 0",
-            (record_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        keys = ("label", "kind", "source_id", "model", "dim", "text_hash",
-                "embedding_version", "created_at", "updated_at")
-        return dict(zip(keys, row, strict=True))
-
     def count(self, model: str | None = None, dim: int | None = None) -> int:
         if model is None:
             sql, args = f"SELECT COUNT(*) FROM {self.table} WHERE deleted = 0", ()

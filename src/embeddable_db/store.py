@@ -80,6 +80,7 @@ class EmbeddingStore:
         self.conn = conn
         self.table = table
         self.meta_table = f"{table}_meta"
+        self._version_cursor = conn.cursor()  # reused: asked before every search
 
     # -- schema and store identity ------------------------------------------------------
     def ensure_schema(self) -> None:
@@ -275,7 +276,7 @@ class EmbeddingStore:
 
     def data_version(self) -> int:
         """Changes whenever another connection commits: a cheap "anything new?" check."""
-        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+        return self._version_cursor.execute("PRAGMA data_version").fetchone()[0]
 
     def changes_since(self, seq: int) -> list[Change]:
         rows = self.conn.execute(

@@ -6,6 +6,7 @@ what to do, so bad input never reaches SQLite or an index.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 
 from .errors import DimensionMismatchError, InvalidInputError, InvalidVectorError
 
+_FLOAT32 = np.dtype(np.float32)
 MAX_ID_CHARS = 1024
 # The default model reads at most 256 tokens (~1,500 characters); cutting far beyond that
 # only spares the tokenizer from megabytes of text. The hash still covers the whole text.
@@ -83,6 +85,8 @@ def check_kind(kind: Any, allowed: tuple[str, ...] | None = None) -> str:
 
 
 def check_top_k(top_k: Any) -> int:
+    if type(top_k) is int and top_k >= 1:  # the common case, without the ABC check
+        return top_k
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
         raise InvalidInputError(f"top_k must be a positive int, got {top_k!r}")
     return int(top_k)
@@ -128,12 +132,12 @@ def check_vector(vector: Any, dim: int | None, model: str | None = None) -> np.n
     """A finite, non-zero 1-D vector of the store's dimension, returned L2-normalised float32."""
     if (
         type(vector) is np.ndarray
-        and vector.dtype == np.float32
+        and vector.dtype is _FLOAT32
         and vector.ndim == 1
         and vector.shape[0] == dim
     ):  # the common case, cheaply; NaN, inf, zero or overflow fall through to the full checks
-        norm = float(np.sqrt(np.dot(vector, vector)))
-        if 0.0 < norm < np.inf:
+        norm = math.sqrt(float(np.dot(vector, vector)))
+        if 0.0 < norm < math.inf:
             return vector / np.float32(norm)
     if vector is None:
         raise InvalidVectorError("vector is None: pass a list or array of floats")

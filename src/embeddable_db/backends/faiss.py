@@ -50,7 +50,7 @@ class FaissVectorIndex(VectorIndex):
                 "hnsw_m must be at least 2, ef_construction and ef_search positive, got "
                 f"hnsw_m={hnsw_m!r}, ef_construction={ef_construction!r}, ef_search={ef_search!r}"
             )
-        self._index = self._new()
+        self._use(self._new())
 
     @property
     def can_remove(self) -> bool:  # type: ignore[override]
@@ -74,8 +74,16 @@ class FaissVectorIndex(VectorIndex):
             inner.hnsw.efSearch = self.ef_search
         return faiss.IndexIDMap2(inner)
 
+    def _use(self, index: faiss.Index) -> None:
+        """Search ``index`` from now on. Its size and HNSW graph are kept in Python: a SWIG call
+        costs a few microseconds after a search has flushed the CPU caches."""
+        self._index = index
+        self._count = index.ntotal
+        self._hnsw = faiss.downcast_index(index.index).hnsw if self.index_type == "hnsw" else None
+        self._ef = None
+
     def build(self, labels: np.ndarray, vectors: np.ndarray) -> None:
-        self._index = self._new()
+        self._use(self._new())
         self.add(labels, vectors)
 
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
@@ -83,26 +91,27 @@ class FaissVectorIndex(VectorIndex):
             self._index.add_with_ids(
                 np.ascontiguousarray(vectors, np.float32), np.asarray(labels, np.int64)
             )
+            self._count = self._index.ntotal
 
     def remove(self, labels: np.ndarray) -> None:
         if len(labels):
             self._index.remove_ids(np.asarray(labels, np.int64))
+            self._count = self._index.ntotal
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        k = min(k, self._index.ntotal)
+        k = min(k, self._count)
         if k <= 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        if self.index_type == "hnsw":
-            self._set_ef(max(self.ef_search, k))
-        scores, labels = self._index.search(np.asarray(query, np.float32)[None, :], k)
-        keep = labels[0] >= 0
-        return labels[0][keep], (1.0 - scores[0][keep]).astype(np.float32)
-
-    def _set_ef(self, ef: int) -> None:
-        """Set efSearch only when it changes: the downcast costs more than the search itself."""
-        if getattr(self, "_ef_for", None) != (id(self._index), ef):
-            faiss.downcast_index(self._index.index).hnsw.efSearch = ef
-            self._ef_for = (id(self._index), ef)
+        if self._hnsw is not None:
+            ef = max(self.ef_search, k)
+            if ef != self._ef:  # set only when it changes: the SWIG call costs more than a search
+                self._hnsw.efSearch = self._ef = ef
+        scores, labels = self._index.search(np.asarray(query, np.float32).reshape(1, -1), k)
+        labels, distances = labels[0], 1.0 - scores[0]
+        if labels[-1] < 0:  # FAISS pads a short answer with -1 at the end (HNSW can fall short)
+            keep = labels >= 0
+            return labels[keep], distances[keep]
+        return labels, distances
 
     def save(self, path: str) -> None:
         faiss.write_index(self._index, path)
@@ -114,9 +123,7 @@ class FaissVectorIndex(VectorIndex):
                 f"FAISS file holds {index.ntotal} vectors of dimension {index.d}, "
                 f"metadata lists {len(labels)} of dimension {self.dim}"
             )
-        if self.index_type == "hnsw":
-            faiss.downcast_index(index.index).hnsw.efSearch = self.ef_search
-        self._index = index
+        self._use(index)
 
     def __len__(self) -> int:
-        return self._index.ntotal
+        return self._count

@@ -259,6 +259,61 @@ def test_try_add_embedding_logs_and_returns_false(make_notes, caplog):
     assert db.try_add_embedding(1, {"body": "fine"}, "note") is True
 
 
+class RecordingEncoder(HashingEncoder):
+    """Remembers the texts of every model call."""
+
+    def __init__(self):
+        super().__init__(32)
+        self.batches = []
+
+    def encode(self, texts, batch_size=None):
+        self.batches.append(list(texts))
+        return super().encode(texts)
+
+
+def test_backfill_batches_texts_of_similar_length(tmp_path):
+    rng = np.random.default_rng(3)
+    encoder = RecordingEncoder()
+    db = NotesDB(str(tmp_path / "n.db"), encoder=encoder)
+    bodies = [" ".join(["word"] * int(n)) + f" {i}" for i, n in enumerate(rng.integers(1, 60, 95))]
+    for body in bodies:
+        db.add_note(body)
+    result = db.backfill_embeddings(batch_size=10)
+    assert result.embedded == 95
+    assert [len(batch) for batch in encoder.batches] == [10] * 9 + [5]  # one call per batch
+    lengths = [len(text) for batch in encoder.batches for text in batch]
+    assert lengths == sorted(lengths)  # shortest first: little padding inside each batch
+    assert sorted(text for batch in encoder.batches for text in batch) == sorted(bodies)
+    assert db.search_by_text(bodies[7], top_k=1)[0][0] == "8"
+    db.close()
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_faiss_index_opened_from_its_file_takes_changes(tmp_path, index_type):
+    """The index is mapped from its file at open; changing it must not touch that file."""
+    vectors = unit_vectors(301, 16, seed=4)
+    path = str(tmp_path / "m.db")
+    db = VectorDB(path, backend="faiss", index_type=index_type)
+    db.add_embeddings([(i, {"vec": v}, "item") for i, v in enumerate(vectors[:300])])
+    db.close()
+    index_file = db.index_path
+    before = file_bytes(index_file)
+    reopened = VectorDB(path, backend="faiss", index_type=index_type)
+    reopened.add_embedding(300, {"vec": vectors[300]}, "item")
+    reopened.add_embedding(5, {"vec": vectors[6]}, "item")
+    reopened.remove_embedding(7)
+    assert file_bytes(index_file) == before
+    assert reopened.search_by_vector(vectors[300], top_k=1)[0][0] == "300"
+    assert {h[0] for h in reopened.search_by_vector(vectors[6], top_k=2)} == {"5", "6"}
+    assert "7" not in [h[0] for h in reopened.search_by_vector(vectors[7], top_k=5)]
+    reopened.close()
+    third = VectorDB(path, backend="faiss", index_type=index_type)
+    assert third.embedding_count() == 300
+    assert third.search_by_vector(vectors[300], top_k=1)[0][0] == "300"
+    assert third.verify_index().ok
+    third.close()
+
+
 def test_faiss_hnsw_option(tmp_path):
     vectors = unit_vectors(300, 16, seed=9)
     db = VectorDB(str(tmp_path / "h.db"), backend="faiss", index_type="hnsw")

@@ -1,24 +1,5 @@
 """embeddable_db: persistent vector embeddings and semantic search for SQLite-backed databases."""
 
-from .databases import (
-    REGISTRY,
-    BotDB,
-    BotRecord,
-    Discrepancy,
-    Enhancement,
-    EnhancementDB,
-    ErrorDB,
-    ErrorRecord,
-    InfoDB,
-    InformationDB,
-    InformationRecord,
-    KnownError,
-    ResearchItem,
-    SearchHit,
-    TelemetryEvent,
-    WorkflowDB,
-    WorkflowRecord,
-)
 from .encoder import DEFAULT_MODEL, HashingEncoder, SentenceTransformerEncoder, get_encoder
 from .errors import (
     BackendUnavailableError,
@@ -33,6 +14,37 @@ from .errors import (
 )
 from .mixin import EmbeddableDBMixin
 from .reports import BackfillInterrupted, BackfillResult, VerifyReport
+
+# The six databases load on first use: a process that only opens its own store and searches
+# (a cold CLI search, a web worker) does not pay ~30 ms to define them.
+_DATABASE_NAMES = frozenset({
+    "REGISTRY",
+    "BotDB",
+    "BotRecord",
+    "Discrepancy",
+    "Enhancement",
+    "EnhancementDB",
+    "ErrorDB",
+    "ErrorRecord",
+    "InfoDB",
+    "InformationDB",
+    "InformationRecord",
+    "KnownError",
+    "ResearchItem",
+    "SearchHit",
+    "TelemetryEvent",
+    "WorkflowDB",
+    "WorkflowRecord",
+})
+
+
+def __getattr__(name: str):
+    if name in _DATABASE_NAMES:
+        from . import databases
+
+        return getattr(databases, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -18,7 +18,7 @@ class BackfillResult:
     seconds: float = 0.0
     dry_run: bool = False
     interrupted: bool = False
-    last_record_id: str | None = None
+    last_record_id: str | None = None  # the last one read (batches run up to 16 batches behind)
 
     @property
     def processed(self) -> int:

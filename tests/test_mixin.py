@@ -306,6 +306,11 @@ def test_faiss_index_opened_from_its_file_takes_changes(tmp_path, index_type):
     assert reopened.search_by_vector(vectors[300], top_k=1)[0][0] == "300"
     assert {h[0] for h in reopened.search_by_vector(vectors[6], top_k=2)} == {"5", "6"}
     assert "7" not in [h[0] for h in reopened.search_by_vector(vectors[7], top_k=5)]
+    reopened.save_index()  # folds the changes into the index: it must copy it first
+    assert file_bytes(index_file) != before
+    assert reopened.search_by_vector(vectors[300], top_k=1)[0][0] == "300"
+    reopened.add_embedding(8, {"vec": vectors[9]}, "item")
+    assert {h[0] for h in reopened.search_by_vector(vectors[9], top_k=2)} == {"8", "9"}
     reopened.close()
     third = VectorDB(path, backend="faiss", index_type=index_type)
     assert third.embedding_count() == 300

@@ -160,9 +160,10 @@ class LiveIndex:
             self.tombstones.add(label)
 
     def fold_in_place(self) -> bool:
-        """Fold the delta into a backend that can add and remove (FAISS flat); else False."""
+        """Fold the delta into a backend that can remove (FAISS flat, which then also adds, once
+        it holds its own copy); else False."""
         backend = self.backend
-        if backend is None or not (backend.can_add and backend.can_remove):
+        if backend is None or not backend.can_remove:
             return False
         if self.tombstones:
             backend.remove(np.fromiter(self.tombstones, np.int64))

@@ -17,7 +17,8 @@ from ..errors import BackendUnavailableError
 
 
 class VectorIndex(ABC):
-    """An index built in bulk; ``can_add``/``can_remove`` say what it can change in place."""
+    """An index built in bulk. ``can_add``: it takes adds in place now; ``can_remove``: it
+    removes in place (and then adds too), so a delta can be folded into it without a rebuild."""
 
     name: ClassVar[str]
     can_add: ClassVar[bool] = False

@@ -27,7 +27,6 @@ INDEX_TYPES = ("flat", "hnsw")
 
 class FaissVectorIndex(VectorIndex):
     name = "faiss"
-    can_add = True
 
     def __init__(
         self,
@@ -51,6 +50,14 @@ class FaissVectorIndex(VectorIndex):
                 f"hnsw_m={hnsw_m!r}, ef_construction={ef_construction!r}, ef_search={ef_search!r}"
             )
         self._use(self._new())
+
+    @property
+    def can_add(self) -> bool:  # type: ignore[override]
+        """False for a flat index still mapped from its file: the first change would copy all of
+        it, so new vectors wait in the caller's exact delta (as fast to search) until a
+        compaction folds them in. HNSW copies on its first add instead: folding a delta into a
+        graph means rebuilding it, which costs far more than the copy."""
+        return not (self._mapped and self.index_type == "flat")
 
     @property
     def can_remove(self) -> bool:  # type: ignore[override]

@@ -114,3 +114,28 @@ def test_semantic_sanity_with_real_model(tmp_path, real_encoder):
     assert hits[0][0] == "1"
     assert hits[0][1] < hits[1][1] - 0.1
     db.close()
+
+
+def test_a_faiss_store_leaves_the_models_threads_alone(tmp_path):
+    """torch shares FAISS's OpenMP runtime: a store that set it to one thread for its searches
+    made the model encode at half speed in the same process."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import faiss
+        faiss.omp_set_num_threads(2)  # what torch sets on a 2-core machine
+        sys.path.insert(0, {str(TESTS)!r})
+        from conftest import NotesDB
+        db = NotesDB({str(tmp_path / "t.db")!r}, model_name="hash:32", backend="faiss")
+        db.add_note("threads are shared"); db.backfill_embeddings()
+        hits = db.search_by_text("threads", top_k=1)
+        db.close()
+        print(json.dumps({{"hits": hits, "threads": faiss.omp_get_max_threads()}}))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=120, env=env)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["hits"][0][0] == "1"
+    assert result["threads"] == 2

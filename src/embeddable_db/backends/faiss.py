@@ -18,9 +18,10 @@ from . import VectorIndex
 
 # One query at a time gains nothing from OpenMP; on a busy 2-core machine its threads made flat
 # search 2-7x slower (100k vectors: 6-9 ms on 1 thread, 16-98 ms on 2) and starved numpy's
-# scan of the delta. OMP_NUM_THREADS, when set, still decides.
-if "OMP_NUM_THREADS" not in os.environ:
-    faiss.omp_set_num_threads(1)
+# scan of the delta. So searches run on one thread, set around each call and put back after:
+# torch shares the OpenMP runtime, and a process-wide setting halved the model's speed in
+# every process that imported this module. OMP_NUM_THREADS, when set, decides instead.
+_ONE_SEARCH_THREAD = "OMP_NUM_THREADS" not in os.environ
 
 INDEX_TYPES = ("flat", "hnsw")
 
@@ -122,7 +123,16 @@ class FaissVectorIndex(VectorIndex):
             ef = max(self.ef_search, k)
             if ef != self._ef:  # set only when it changes: the SWIG call costs more than a search
                 self._hnsw.efSearch = self._ef = ef
-        scores, labels = self._index.search(np.asarray(query, np.float32).reshape(1, -1), k)
+        query = np.asarray(query, np.float32).reshape(1, -1)
+        threads = faiss.omp_get_max_threads() if _ONE_SEARCH_THREAD else 1
+        if threads == 1:
+            scores, labels = self._index.search(query, k)
+        else:
+            faiss.omp_set_num_threads(1)  # this thread only: OpenMP settings are per thread
+            try:
+                scores, labels = self._index.search(query, k)
+            finally:
+                faiss.omp_set_num_threads(threads)
         labels, distances = labels[0], 1.0 - scores[0]
         if labels[-1] < 0:  # FAISS pads a short answer with -1 at the end (HNSW can fall short)
             keep = labels >= 0

@@ -3,7 +3,7 @@
 Each probe is a new interpreter (``child.py``). Its time to answer runs from spawning it to the
 answer of its first ``search_by_vector``: interpreter start, imports, open and search (the
 teardown after the answer is shown apart). The probe reports whether torch got imported.
-Side by side, in alternation: the library alone loading the same index file in a fresh process
+Side by side, in alternation: the library alone mapping the same index file in a fresh process
 and searching it. Medians of ROUNDS runs. Target: <= 0.5 s to answer, torch never imported.
 """
 

@@ -5,6 +5,12 @@ index: fast approximate search, adds in place, but FAISS cannot remove from it, 
 removed vectors are tombstoned by the caller and the graph is rebuilt when they pile up.
 HNSW defaults ``M=32``, ``efConstruction=80``, ``efSearch=64``: recall@10 about 0.98 at
 well under a millisecond on 100k real sentence vectors.
+
+Files are memory-mapped at open (``IO_FLAG_MMAP_IFC``), not read: a fresh process answers its
+first search from a 100k-vector store in ~0.4 s instead of ~0.5 s, and processes share the
+pages. A mapped flat index takes no changes (the caller's exact delta holds them until a
+compaction folds them in, so ``close()`` after a few adds need not rewrite 154 MB); a mapped
+HNSW index is copied into memory at its first add.
 """
 
 from __future__ import annotations

@@ -30,6 +30,14 @@ QUERIES = np.random.default_rng(99).normal(size=(3, DIM))
 QUERIES /= np.linalg.norm(QUERIES, axis=1, keepdims=True)
 
 
+# HNSW is approximate, but on stores this small its searches are exact.
+INDEXES = {
+    "annoy": {"backend": "annoy"},
+    "faiss": {"backend": "faiss"},
+    "hnsw": {"backend": "faiss", "index_type": "hnsw"},
+}
+
+
 def vector_of(seed: int) -> list[float]:
     """A vector picked by seed: equal seeds give equal vectors, different seeds never tie."""
     return np.random.default_rng(seed).normal(size=DIM).round(6).tolist()
@@ -87,12 +95,12 @@ class StoreModel(RuleBasedStateMachine):
         self.db: Items | None = None
         self.saved_min_pending = mixin_module.MIN_PENDING
 
-    @initialize(backend=st.sampled_from(["annoy", "faiss"]), min_pending=st.sampled_from([2, 10_000]))
+    @initialize(backend=st.sampled_from(list(INDEXES)), min_pending=st.sampled_from([2, 10_000]))
     def start(self, backend, min_pending):
         # A tiny delta limit makes writes fold the delta into the backend (and write files).
         mixin_module.MIN_PENDING = min_pending
         self.backend = backend
-        self.db = Items(self.path, backend=backend)
+        self.db = self._open()
 
     def teardown(self):
         mixin_module.MIN_PENDING = self.saved_min_pending
@@ -160,7 +168,7 @@ class StoreModel(RuleBasedStateMachine):
     def add_through_another_connection(self, record_id, seed):
         """Another process's write shows up here without reopening."""
         vector = vector_of(seed)
-        other = Items(self.path, backend=self.backend)
+        other = self._open()
         try:
             other.put_record(record_id, vector)
             other.add_embedding(record_id, {"vec": vector}, kind_of(record_id))
@@ -191,14 +199,18 @@ class StoreModel(RuleBasedStateMachine):
     def reopen(self):
         self.db.close()
         self.db.conn.close()
-        self.db = Items(self.path, backend=self.backend)
+        self.db = self._open()
+
+    def _open(self) -> Items:
+        return Items(self.path, **INDEXES[self.backend])
 
     @rule()
     def switch_backend(self):
         self.db.close()
         self.db.conn.close()
-        self.backend = "faiss" if self.backend == "annoy" else "annoy"
-        self.db = Items(self.path, backend=self.backend)
+        names = list(INDEXES)
+        self.backend = names[(names.index(self.backend) + 1) % len(names)]
+        self.db = self._open()
 
     @precondition(lambda self: self.ref)
     @rule()

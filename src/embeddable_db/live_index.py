@@ -94,10 +94,9 @@ class LiveIndex:
         # record_id by label (None where there is none): search reads ids from a list, twice as
         # fast as from ``info`` right after a big index search has flushed the CPU caches.
         # Labels are rowids of the store's table, so the list is as long as that table.
-        top = max(self.info, default=-1)
-        ids = np.empty(top + 1, object)
-        ids[np.fromiter(self.info, np.int64, len(self.info))] = [rid for rid, _ in self.info.values()]
-        self._record_ids: list[str | None] = ids.tolist()
+        self._record_ids: list[str | None] = [None] * (max(self.info, default=-1) + 1)
+        for label, (record_id, _) in self.info.items():
+            self._record_ids[label] = record_id
 
     def __len__(self) -> int:
         return len(self.info)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -93,6 +94,28 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+@contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until the block is done, then deliver it.
+
+    A backfill commits a batch and then counts it; a KeyboardInterrupt raised between the two
+    (SQLite's commit can take milliseconds when it checkpoints the WAL) left the summary short
+    of what SQLite holds. Only the main thread receives signals; elsewhere this does nothing.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    held: list[Any] = []
+    holding = callable(handler) and threading.current_thread() is threading.main_thread()
+    if holding:  # else SIG_IGN, SIG_DFL or not Python's to hold
+        signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        if holding:
+            signal.signal(signal.SIGINT, handler)
+            if held:
+                handler(signal.SIGINT, held[0])
 
 
 def _as_encoding_error(error: Exception) -> Exception:
@@ -666,14 +689,13 @@ class EmbeddableDBMixin:
             log.warning("backfill: record %r failed: %s", key, error)
         if not rows:
             return
-        self._store.upsert(rows)
-        # Counted as soon as committed, before the index catches up: a Ctrl-C there must
-        # not leave the summary short of what SQLite holds.
-        for row in rows:
-            if is_new[row.record_id]:
-                result.embedded += 1
-            else:
-                result.reembedded += 1
+        with _ctrl_c_held():  # committed and counted, or neither
+            self._store.upsert(rows)
+            for row in rows:
+                if is_new[row.record_id]:
+                    result.embedded += 1
+                else:
+                    result.reembedded += 1
         # No rebuild per batch: the backfill's final save builds the index once. Only a delta
         # past BACKFILL_MAX_PENDING is folded in early, to bound memory.
         self._sync()

@@ -5,6 +5,7 @@ gets ``BackfillInterrupted`` saying where it stopped, and the next backfill fini
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import time
@@ -72,7 +73,8 @@ def test_ctrl_c_while_encoding_rolls_back_the_batch(tmp_path):
 
 @pytest.mark.parametrize("moment", ["before-commit", "after-commit"])
 def test_ctrl_c_around_the_commit(tmp_path, monkeypatch, moment):
-    """Interrupted inside the write transaction: rolled back. Just after it: kept, and seen."""
+    """Interrupted inside the write transaction: rolled back. A Ctrl-C just after it: kept,
+    seen and counted (it is held until the batch is counted)."""
     db_path = tmp_path / "i.db"
     texts = fill_notes(db_path, 50)
     db = Notes(db_path, encoder=HashingEncoder(32))
@@ -95,7 +97,7 @@ def test_ctrl_c_around_the_commit(tmp_path, monkeypatch, moment):
                 del store._next_seqs
         real_upsert(store, rows)
         if len(calls) == 3:
-            raise KeyboardInterrupt  # committed, not yet in the live index
+            os.kill(os.getpid(), signal.SIGINT)  # committed, not yet counted or indexed
 
     monkeypatch.setattr(EmbeddingStore, "upsert", upsert)
     with pytest.raises(BackfillInterrupted) as caught:
@@ -104,6 +106,7 @@ def test_ctrl_c_around_the_commit(tmp_path, monkeypatch, moment):
     committed = 20 if moment == "before-commit" else 30
     assert len(live_vectors(tmp_path / "i.db")) == committed
     assert caught.value.result.interrupted
+    assert caught.value.result.embedded == committed
     assert not db.conn.in_transaction
     assert db.embedding_count() == committed
     assert_searchable(db)

@@ -348,7 +348,6 @@ class EmbeddableDBMixin:
         self, items: list[tuple[str, Any, str, str]]
     ) -> tuple[list[VectorRow], list[tuple[str, Exception]]]:
         """Vectors for (key, record, kind, source_id) items, with per-item failures."""
-        rows: list[VectorRow] = []
         failures: list[tuple[str, Exception]] = []
         prepared = []
         for key, record, kind, source_id in items:
@@ -358,6 +357,12 @@ class EmbeddableDBMixin:
                 failures.append((key, exc))
                 continue
             prepared.append((key, record, kind, source_id, digest, text))
+        return self._rows_for(prepared, failures), failures
+
+    def _rows_for(self, prepared: list[tuple], failures: list[tuple[str, Exception]]) -> list[VectorRow]:
+        """Vectors for fingerprinted (key, record, kind, source_id, digest, text) items; the
+        items that fail are added to ``failures``."""
+        rows: list[VectorRow] = []
         if self._batched and self._has_text:
             vectors = self._encode_isolating([p[5] for p in prepared], prepared, failures)
         else:
@@ -377,7 +382,7 @@ class EmbeddableDBMixin:
                               self.embedding_version)
                 )
         self._check_batch_dimensions(rows)
-        return rows, failures
+        return rows
 
     def _encode_isolating(self, texts, prepared, failures) -> list[np.ndarray | None]:
         """One model call for the batch; if it fails, encode one by one to find the culprit."""
@@ -604,8 +609,7 @@ class EmbeddableDBMixin:
             self._sync()
             states = self._store.states()
             seen: set[str] = set()
-            window: list[tuple[str, Any, str, str]] = []
-            lengths: dict[str, int] = {}  # of the text to encode, by key
+            window: list[tuple] = []  # (key, record, kind, source_id, digest, text)
             is_new: dict[str, bool] = {}
             try:
                 for record_id, record, kind in self.iter_records():
@@ -636,14 +640,11 @@ class EmbeddableDBMixin:
                         result.unchanged += 1
                         continue
                     is_new[key] = state is None
-                    lengths[key] = len(text) if text else 0
-                    window.append((key, record, kind, ""))
+                    window.append((key, record, kind, "", digest, text))
                     if len(window) >= batch_size * BACKFILL_WINDOW_BATCHES:
-                        self._backfill_window(window, lengths, batch_size, is_new, result, progress)
-                        window, lengths, is_new = [], {}, {}
-                self._backfill_window(
-                    window, lengths, batch_size, is_new, result, progress, final=True
-                )
+                        self._backfill_window(window, batch_size, is_new, result, progress)
+                        window, is_new = [], {}
+                self._backfill_window(window, batch_size, is_new, result, progress, final=True)
                 gone = [key for key in states if key not in seen]
                 result.removed = len(gone)
                 if gone and not dry_run:
@@ -662,19 +663,19 @@ class EmbeddableDBMixin:
         return result
 
     def _backfill_window(
-        self, window, lengths, batch_size, is_new, result, progress, *, final: bool = False
+        self, window, batch_size, is_new, result, progress, *, final: bool = False
     ) -> None:
         """Embed a window of records in batches of ``batch_size``, shortest texts first; tell
         ``progress`` after each batch but the very last (the backfill's end reports that)."""
-        window.sort(key=lambda item: lengths[item[0]])  # stable: equal lengths keep their order
+        window.sort(key=lambda item: len(item[5] or ""))  # stable: equal lengths keep their order
         for start in range(0, len(window), batch_size):
             self._backfill_batch(window[start : start + batch_size], is_new, result)
             if progress and not (final and start + batch_size >= len(window)):
                 progress(result)
 
-    def _backfill_batch(
-        self, batch: list[tuple[str, Any, str, str]], is_new: dict[str, bool], result
-    ) -> None:
+    def _backfill_batch(self, batch: list[tuple], is_new: dict[str, bool], result) -> None:
+        """One model call and one commit for fingerprinted items (fingerprinted once, when the
+        backfill compared them with what SQLite holds)."""
         if result.dry_run:
             for key, *_ in batch:
                 if is_new[key]:
@@ -682,7 +683,8 @@ class EmbeddableDBMixin:
                 else:
                     result.reembedded += 1
             return
-        rows, failures = self._make_rows(batch)
+        failures: list[tuple[str, Exception]] = []
+        rows = self._rows_for(batch, failures)
         for key, error in failures:
             result.failed += 1
             result.failures.append((key, str(error)))

@@ -86,20 +86,23 @@ class LiveIndex:
         self.synced_seq = synced_seq
         self.generation = generation  # of the files the backend was loaded from or saved to
         # Rows start (label, record_id, kind); built with comprehensions: 100k rows at open.
-        self.info: dict[int, tuple[str, str]] = {row[0]: (row[1], row[2]) for row in records}
-        self.label_of: dict[str, int] = {rid: label for label, (rid, _) in self.info.items()}
-        self.in_backend: set[int] = set(self.info)
+        records = list(records)
+        self.kind_of: dict[int, str] = {row[0]: row[2] for row in records}  # the live labels
+        # record_id by label (None where there is none): search reads ids from a list, twice as
+        # fast as from a dict right after a big index search has flushed the CPU caches.
+        # Labels are rowids of the store's table, so the list is as long as that table.
+        self.record_ids: list[str | None] = [None] * (max(self.kind_of, default=-1) + 1)
+        for row in records:
+            self.record_ids[row[0]] = row[1]
+        self.label_of: dict[str, int] = {
+            rid: label for label, rid in enumerate(self.record_ids) if rid is not None
+        }
+        self.in_backend: set[int] = set(self.kind_of)
         self.tombstones: set[int] = set()
         self.delta = ExactDelta(dim) if dim else None
-        # record_id by label (None where there is none): search reads ids from a list, twice as
-        # fast as from ``info`` right after a big index search has flushed the CPU caches.
-        # Labels are rowids of the store's table, so the list is as long as that table.
-        self._record_ids: list[str | None] = [None] * (max(self.info, default=-1) + 1)
-        for label, (record_id, _) in self.info.items():
-            self._record_ids[label] = record_id
 
     def __len__(self) -> int:
-        return len(self.info)
+        return len(self.kind_of)
 
     @property
     def pending(self) -> int:
@@ -125,15 +128,15 @@ class LiveIndex:
         if self.delta is None:
             self.dim = vector.shape[0]
             self.delta = ExactDelta(self.dim)
-        old = self.info.get(label)
-        if old is not None and old[0] != record_id:
-            self.label_of.pop(old[0], None)
-        self.info[label] = (record_id, kind)
-        self.label_of[record_id] = label
-        ids = self._record_ids
+        ids = self.record_ids
         if label >= len(ids):
             ids.extend([None] * (max(label + 1, 2 * len(ids)) - len(ids)))
+        old = ids[label]
+        if old is not None and old != record_id:
+            self.label_of.pop(old, None)
         ids[label] = record_id
+        self.kind_of[label] = kind
+        self.label_of[record_id] = label
         if label in self.in_backend:
             self.tombstones.add(label)
             self.delta.upsert(label, vector)
@@ -148,11 +151,10 @@ class LiveIndex:
             self.delta.upsert(label, vector)
 
     def discard(self, label: int) -> None:
-        old = self.info.pop(label, None)
-        if old is not None:
-            self._record_ids[label] = None
-            if self.label_of.get(old[0]) == label:
-                del self.label_of[old[0]]
+        if self.kind_of.pop(label, None) is not None:
+            old, self.record_ids[label] = self.record_ids[label], None
+            if self.label_of.get(old) == label:
+                del self.label_of[old]
         if self.delta is not None:
             self.delta.discard(label)
         if label in self.in_backend:
@@ -178,23 +180,18 @@ class LiveIndex:
     # -- search ------------------------------------------------------------------------------
     def search(self, query: np.ndarray, k: int, kind: str | None = None) -> list[tuple[str, float]]:
         """The ``k`` best (record_id, distance); with ``kind``, widen until ``k`` match or all seen."""
-        info = self.info
-        live = len(info)
+        live = len(self.kind_of)
         if live == 0 or k <= 0:
             return []
+        ids, kind_of = self.record_ids, self.kind_of
         fetch = min(k, live)
         while True:
             hits = self._search_labels(query, fetch)
-            if kind is None:
-                ids = self._record_ids
-                results = [(ids[label], distance) for distance, label in hits]
-            else:
-                results = [
-                    (record_id, distance)
-                    for distance, label in hits
-                    for record_id, record_kind in (info[label],)
-                    if record_kind == kind
-                ]
+            results = [
+                (ids[label], distance)
+                for distance, label in hits
+                if kind is None or kind_of[label] == kind
+            ]
             if len(results) >= k or fetch >= live:
                 return results[:k]
             fetch = min(live, fetch * 4)

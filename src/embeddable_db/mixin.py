@@ -974,8 +974,8 @@ class EmbeddableDBMixin:
                 )
             }
         records = [
-            [label, record_id, kind, *extras.get(label, ("", "", self.embedding_version))]
-            for label, (record_id, kind) in sorted(live.info.items())
+            [label, live.record_ids[label], kind, *extras.get(label, ("", "", self.embedding_version))]
+            for label, kind in sorted(live.kind_of.items())
         ]
         return Manifest(
             store_id=self._store.store_id,

@@ -905,17 +905,23 @@ class EmbeddableDBMixin:
         stat = os.stat(self.metadata_path)
         self._files_stamp = (stat.st_mtime_ns, stat.st_size, synced_seq)
 
+    def _files_unchanged(self) -> bool:
+        """True when the metadata on disk is still the file we last wrote or loaded."""
+        if self._files_stamp is None:
+            return False
+        try:
+            stat = os.stat(self.metadata_path)
+        except OSError:
+            return False
+        return self._files_stamp[:2] == (stat.st_mtime_ns, stat.st_size)
+
     def _files_current(self) -> bool:
         """True when the files on disk are the ones we last wrote or loaded, and hold
         everything the live index holds (FAISS takes new vectors in place, leaving nothing
         pending, so an unchanged file alone does not mean there is nothing to save)."""
         if self.metadata_path is None:
             return True
-        try:
-            stat = os.stat(self.metadata_path)
-        except OSError:
-            return False
-        return self._files_stamp == (stat.st_mtime_ns, stat.st_size, self._live.synced_seq)
+        return self._files_unchanged() and self._files_stamp[2] == self._live.synced_seq
 
     def _write_files(self) -> None:
         """Write the (compacted) backend and its manifest; call under the file lock."""
@@ -1124,15 +1130,11 @@ class EmbeddableDBMixin:
         self._sync()
         live = self._live
         backend = live.backend
-        if self.metadata_path is None or self._files_stamp is None or backend is None:
+        if self.metadata_path is None or backend is None:
             return False
         if (backend.can_add and backend.can_remove) or not 0 < live.pending <= self._pending_limit():
             return False
-        try:  # the manifest must still be the one we wrote or loaded (not another store's)
-            stat = os.stat(self.metadata_path)
-        except OSError:
-            return False
-        return self._files_stamp[:2] == (stat.st_mtime_ns, stat.st_size)
+        return self._files_unchanged()  # still the files we wrote or loaded, not another store's
 
     def __enter__(self):
         return self

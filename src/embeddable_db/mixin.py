@@ -332,7 +332,7 @@ class EmbeddableDBMixin:
                 f"encoder returned shape {array.shape} for {len(texts)} texts; "
                 "encode(list[str]) must return one row per text"
             )
-        return np.stack([check.check_vector(row, self.dimension, self.model_id) for row in array])
+        return check.check_rows(array, self.dimension, self.model_id)
 
     def encode_text(self, text: Any) -> list[float]:
         return self.encode_texts([text])[0].tolist()

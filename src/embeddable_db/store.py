@@ -350,3 +350,12 @@ class EmbeddingStore:
             sql = f"SELECT COUNT(*) FROM {self.table} WHERE deleted = 0 AND model = ? AND dim = ?"
             args = (model, dim)
         return self.conn.execute(sql, args).fetchone()[0]
+
+    def model_counts(self) -> dict[str, int]:
+        """How many live vectors each model made: more than one key means a half-switched store."""
+        return dict(
+            self.conn.execute(
+                f"SELECT model, COUNT(*) FROM {self.table} WHERE deleted = 0 "
+                "AND vector IS NOT NULL GROUP BY model ORDER BY COUNT(*) DESC"
+            ).fetchall()
+        )

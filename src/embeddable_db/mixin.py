@@ -281,6 +281,12 @@ class EmbeddableDBMixin:
         return self._backend_cls(dim, **self._backend_options)
 
     @property
+    def embedding_lock(self) -> threading.RLock:
+        """Held by the mixin whenever it uses ``self.conn``: a subclass that shares its
+        connection between threads runs its own SQL under it too."""
+        return self._lock
+
+    @property
     def dimension(self) -> int | None:
         """The dimension of this store's vectors, once it has any."""
         return self._live.dim

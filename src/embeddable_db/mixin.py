@@ -282,8 +282,9 @@ class EmbeddableDBMixin:
 
     @property
     def embedding_lock(self) -> threading.RLock:
-        """Held by the mixin whenever it uses ``self.conn``: a subclass that shares its
-        connection between threads runs its own SQL under it too."""
+        """The lock the mixin holds whenever it uses ``self.conn``. To share a store between
+        threads, open the connection with ``check_same_thread=False`` and run the subclass's
+        own SQL under this lock too (a whole transaction, not statement by statement)."""
         return self._lock
 
     @property
@@ -419,7 +420,9 @@ class EmbeddableDBMixin:
 
     # -- writes ------------------------------------------------------------------------------------
     def add_embedding(self, record_id: Any, record: Any, kind: str, *, source_id: Any = "") -> None:
-        """Embed one record and store its vector (insert or replace); durable on return."""
+        """Embed one record and store its vector (insert or replace); durable on return.
+
+        ``record_id`` is stored as a string: ``1`` and ``"1"`` are the same record."""
         self.add_embeddings([(record_id, record, kind)], source_ids=[source_id])
 
     def add_embeddings(

@@ -105,7 +105,9 @@ class EmbeddingStore:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (self.meta_table,)
         ).fetchone()
         if exists:
-            self._check_owner(self.meta("owner"))
+            recorded = self.meta("owner")
+            self._check_owner(recorded)
+            self._owner_recorded = self._owner_recorded or recorded is not None
             return
         self._owner_recorded = True  # recorded below, with the schema
         with self.write():
@@ -171,10 +173,11 @@ class EmbeddingStore:
         database = next(
             (row[2] for row in self.conn.execute("PRAGMA database_list") if row[1] == "main"), ""
         ) or ":memory:"
+        suggested = re.sub(r"\W+", "_", self.owner.rsplit(".", 1)[-1]).strip("_").lower()
         raise StoreConflictError(
             f"table {self.table!r} of {database} holds the vectors of {recorded}, not "
             f"{self.owner}: give {self.owner} its own embedding_table (a class attribute, e.g. "
-            f"embedding_table = {self.owner.rsplit('.', 1)[-1].lower() + '_embeddings'!r}), "
+            f"embedding_table = {(suggested or 'other')[:40] + '_embeddings'!r}), "
             f"or, if {self.owner} is {recorded} renamed, set embedding_owner = {recorded!r} on it"
         )
 

@@ -88,20 +88,42 @@ def unique_rows(rows: list[Any], kinds: tuple[str, ...] | None) -> list[VectorRo
     for row in rows:
         if not isinstance(row, VectorRow):
             raise InvalidInputError("store_embeddings takes the rows prepare_embeddings returns")
-        fields = {
-            "record_id": record_key(row.record_id),
-            "kind": check_kind(row.kind, kinds),
-            "source_id": check_source_id(row.source_id),
-            "embedding_version": check_embedding_version(row.embedding_version),
-        }
-        if not isinstance(row.vector, np.ndarray) or row.vector.ndim != 1:
-            raise InvalidVectorError("a row's vector must be a 1-D array: prepare the rows again")
-        check_dimension(row.vector.shape[0], "a row's vector")
-        if any(getattr(row, name) != value for name, value in fields.items()):
-            row = dataclasses.replace(row, **fields)
+        if not _clean_row(row, kinds):
+            row = _checked_row(row, kinds)
         latest.pop(row.record_id, None)
         latest[row.record_id] = row
     return list(latest.values())
+
+
+def _clean_row(row: VectorRow, kinds: tuple[str, ...] | None) -> bool:
+    """True for a row as ``prepare_embeddings`` makes them (ASCII ids): ~1 µs instead of ~10."""
+    rid, kind, source, version, vector = (
+        row.record_id, row.kind, row.source_id, row.embedding_version, row.vector
+    )
+    return (
+        type(rid) is str and type(kind) is str and type(source) is str and type(version) is int
+        and 0 < len(rid) <= MAX_ID_CHARS and 0 < len(kind) <= MAX_KIND_CHARS
+        and len(source) <= MAX_SOURCE_ID_CHARS and 1 <= version <= MAX_EMBEDDING_VERSION
+        and rid.isascii() and kind.isascii() and source.isascii()
+        and not rid.isspace() and not kind.isspace() and (kinds is None or kind in kinds)
+        and type(vector) is np.ndarray and vector.ndim == 1
+        and 1 <= vector.shape[0] <= MAX_DIMENSION
+    )
+
+
+def _checked_row(row: VectorRow, kinds: tuple[str, ...] | None) -> VectorRow:
+    fields = {
+        "record_id": record_key(row.record_id),
+        "kind": check_kind(row.kind, kinds),
+        "source_id": check_source_id(row.source_id),
+        "embedding_version": check_embedding_version(row.embedding_version),
+    }
+    if not isinstance(row.vector, np.ndarray) or row.vector.ndim != 1:
+        raise InvalidVectorError("a row's vector must be a 1-D array: prepare the rows again")
+    check_dimension(row.vector.shape[0], "a row's vector")
+    if any(getattr(row, name) != value for name, value in fields.items()):
+        row = dataclasses.replace(row, **fields)
+    return row
 
 
 def _short(value: Any) -> str:

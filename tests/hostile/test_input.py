@@ -9,6 +9,7 @@ and a refused call inside the caller's own transaction leaves the caller's work 
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 
 import pytest
@@ -349,3 +350,25 @@ def test_embedding_owner_must_be_a_name(tmp_path):
 
     with pytest.raises(InvalidInputError, match="embedding_owner must be a non-empty str"):
         Odd(str(tmp_path / "odd.db"), encoder=HashingEncoder(16))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kind": "\ud800"}, "kind contains characters"),
+        ({"source_id": "x" * 2000}, "source_id is longer"),
+        ({"embedding_version": 2**63}, "embedding_version must be at most"),
+        ({"record_id": " "}, "record_id is empty"),
+    ],
+)
+def test_rows_changed_after_prepare_are_checked_again_before_writing(tmp_path, change, message):
+    db = _notes(tmp_path / "notes.db")
+    (row,) = db.prepare_embeddings([("a", {"body": "x"}, "note")])
+    db.conn.execute("INSERT INTO notes(body) VALUES ('my own row')")
+    with pytest.raises(InvalidInputError, match=message):
+        db.store_embeddings([dataclasses.replace(row, **change)])
+    assert db.conn.in_transaction and db.embedding_count() == 0
+    assert db.store_embeddings([dataclasses.replace(row, record_id=7)]) == 1  # stored as "7"
+    assert db.get_vector("7") is not None
+    assert _committed_notes(tmp_path / "notes.db") == ["my own row"]
+    _close(db)

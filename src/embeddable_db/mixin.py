@@ -61,6 +61,7 @@ from .manifest import (
     write_manifest_temp,
     write_temp,
 )
+from .owner import store_owner
 from .reports import BackfillInterrupted, BackfillResult, VerifyReport
 from .store import EmbeddingStore, VectorRow
 
@@ -145,6 +146,9 @@ class EmbeddableDBMixin:
     embedding_table: ClassVar[str] = "embeddings"
     #: When set, ``kind`` arguments must be one of these.
     embedding_kinds: ClassVar[tuple[str, ...] | None] = None
+    #: Which class's vectors ``embedding_table`` holds (default: the name of the class that
+    #: defines ``iter_records``); set it to the old name when renaming that class.
+    embedding_owner: ClassVar[str | None] = None
 
     conn: sqlite3.Connection
 
@@ -172,12 +176,7 @@ class EmbeddableDBMixin:
         self.backend_name = backend
         self._backend_cls = get_backend(backend)
         self._backend_options = self._check_backend_options(index_type, index_options)
-        if isinstance(embedding_version, bool) or not isinstance(embedding_version, int) or (
-            embedding_version < 1
-        ):
-            raise InvalidInputError(
-                f"embedding_version must be a positive int, got {embedding_version!r}"
-            )
+        embedding_version = check.check_embedding_version(embedding_version)
         if not isinstance(model_name, str) or not model_name.strip():
             raise InvalidInputError(f"model_name must be a non-empty str, got {model_name!r}")
         if encoder is not None and not callable(getattr(encoder, "encode", None)):
@@ -186,6 +185,7 @@ class EmbeddableDBMixin:
             dim = model_name[len(HASH_MODEL_PREFIX) :]
             if not dim.isdigit() or int(dim) < 2:
                 raise InvalidInputError(f"model {model_name!r}: use 'hash:<dimension>', e.g. hash:64")
+            check.check_dimension(int(dim), f"model {model_name!r}")
         self.model_name = model_name
         self.embedding_version = embedding_version
         check_model_backend(model_name, model_backend)
@@ -200,7 +200,8 @@ class EmbeddableDBMixin:
             if self.index_path
             else None
         )
-        self._store = EmbeddingStore(conn, self.embedding_table)
+        owner = store_owner(type(self), EmbeddableDBMixin)
+        self._store = EmbeddingStore(conn, self.embedding_table, owner=owner)
         self._store.ensure_schema()
         stored_model, _ = self._store.identity()
         if stored_model is not None and stored_model != self.model_id and not allow_model_change:
@@ -278,6 +279,13 @@ class EmbeddableDBMixin:
 
     def _new_backend(self, dim: int) -> VectorIndex:
         return self._backend_cls(dim, **self._backend_options)
+
+    @property
+    def embedding_lock(self) -> threading.RLock:
+        """The lock the mixin holds whenever it uses ``self.conn``. To share a store between
+        threads, open the connection with ``check_same_thread=False`` and run the subclass's
+        own SQL under this lock too (a whole transaction, not statement by statement)."""
+        return self._lock
 
     @property
     def dimension(self) -> int | None:
@@ -408,10 +416,13 @@ class EmbeddableDBMixin:
                 raise check.DimensionMismatchError(
                     f"vectors of different dimensions {sorted(dims)} in one batch"
                 )
+            check.check_dimension(dims.pop(), f"the vectors of model {self.model_id!r}")
 
     # -- writes ------------------------------------------------------------------------------------
     def add_embedding(self, record_id: Any, record: Any, kind: str, *, source_id: Any = "") -> None:
-        """Embed one record and store its vector (insert or replace); durable on return."""
+        """Embed one record and store its vector (insert or replace); durable on return.
+
+        ``record_id`` is stored as a string: ``1`` and ``"1"`` are the same record."""
         self.add_embeddings([(record_id, record, kind)], source_ids=[source_id])
 
     def add_embeddings(
@@ -424,7 +435,9 @@ class EmbeddableDBMixin:
         """Embed many records, ``batch_size`` texts per model call; all or nothing.
 
         Every item is encoded and checked first; then all vectors are written in one
-        transaction. Returns how many were stored.
+        transaction. Record ids are stored as strings, so ``1`` and ``"1"`` are the same
+        record; an id given twice is stored once, from its last item. Returns how many
+        distinct records were stored.
         """
         return self.store_embeddings(
             self.prepare_embeddings(items, batch_size=batch_size, source_ids=source_ids)
@@ -451,40 +464,42 @@ class EmbeddableDBMixin:
             raise InvalidInputError(
                 f"{len(sources)} source_ids for {len(items)} items: give one per item"
             )
-        prepared = []
+        latest: dict[str, tuple[str, Any, str, str]] = {}  # an id given twice: its last item
         for (record_id, record, kind), source_id in zip(items, sources, strict=True):
-            prepared.append(
-                (
-                    check.record_key(record_id),
-                    record,
-                    check.check_kind(kind, self.embedding_kinds),
-                    "" if source_id is None else str(source_id),
-                )
+            key = check.record_key(record_id)
+            latest.pop(key, None)  # ... in the last item's place
+            latest[key] = (
+                key,
+                record,
+                check.check_kind(kind, self.embedding_kinds),
+                check.check_source_id(source_id),
             )
+        prepared = list(latest.values())
         rows: list[VectorRow] = []
+        # Encoding holds no lock: other threads search and write while the model runs.
         with self._lock:
             self._ensure_open()
-            for start in range(0, len(prepared), batch_size):
-                batch_rows, failures = self._make_rows(prepared[start : start + batch_size])
-                if failures:
-                    key, error = failures[0]
-                    if isinstance(error, EmbeddingError):
-                        raise type(error)(f"record {key!r}: {error}") from error
-                    # The subclass's embedding_text()/vector() failed on this record.
-                    raise InvalidInputError(
-                        f"record {key!r} could not be embedded: {type(error).__name__}: {error}"
-                    ) from error
-                rows += batch_rows
+        for start in range(0, len(prepared), batch_size):
+            batch_rows, failures = self._make_rows(prepared[start : start + batch_size])
+            if failures:
+                key, error = failures[0]
+                if isinstance(error, EmbeddingError):
+                    raise type(error)(f"record {key!r}: {error}") from error
+                # The subclass's embedding_text()/vector() failed on this record.
+                raise InvalidInputError(
+                    f"record {key!r} could not be embedded: {type(error).__name__}: {error}"
+                ) from error
+            rows += batch_rows
         return rows
 
     def store_embeddings(self, rows: Iterable[VectorRow]) -> int:
         """Write vectors from ``prepare_embeddings`` in one transaction; durable on return.
 
-        It commits the connection, so a caller's pending row change lands in the same commit.
+        It commits the connection, so a caller's pending row change lands in the same commit;
+        if the write fails, only the store's own changes are rolled back. Returns how many
+        distinct records were stored (an id given twice keeps its last row).
         """
-        rows = list(rows)
-        if not all(isinstance(row, VectorRow) for row in rows):
-            raise InvalidInputError("store_embeddings takes the rows prepare_embeddings returns")
+        rows = check.unique_rows(check.many(rows, "rows"), self.embedding_kinds)
         with self._lock:
             self._ensure_open()
             self._check_batch_dimensions(rows)
@@ -533,9 +548,9 @@ class EmbeddableDBMixin:
     def update_embedding_versions(
         self, record_ids: Iterable[Any], *, embedding_version: int | None = None
     ) -> int:
-        version = self.embedding_version if embedding_version is None else embedding_version
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise InvalidInputError(f"embedding_version must be a positive int, got {version!r}")
+        version = check.check_embedding_version(
+            self.embedding_version if embedding_version is None else embedding_version
+        )
         keys = check.record_keys(record_ids)
         with self._lock:
             self._ensure_open()
@@ -554,7 +569,9 @@ class EmbeddableDBMixin:
 
     # -- reads -------------------------------------------------------------------------------------
     def get_vector(self, record_id: Any) -> list[float] | None:
-        vector = self._store.get_vector(check.record_key(record_id))
+        key = check.record_key(record_id)
+        with self._lock:
+            vector = self._store.get_vector(key)
         return None if vector is None else vector.tolist()
 
     def embedding_count(self) -> int:

@@ -6,6 +6,10 @@ Every vector is a float32 BLOB in a row keyed by ``record_id``. Each row has an 
 they contain, so any process can bring an index up to date by reading only the rows changed
 since (``changes_since``) instead of rebuilding. Removals are soft (``deleted = 1``, vector
 dropped) so that they also carry a ``seq`` and reach every process's index.
+
+The meta table also records the table's ``owner`` (see ``owner.py``): the name of the store
+class whose vectors it holds, written with the schema, or by the first write of a store made
+before owners were recorded (opening writes nothing), and checked on open and on that write.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
+
+from .errors import StoreConflictError
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 FETCH_CHUNK = 10_000
@@ -74,12 +80,16 @@ class StoredState:
 class EmbeddingStore:
     """Reads and writes one embeddings table (and its ``<table>_meta`` companion)."""
 
-    def __init__(self, conn: sqlite3.Connection, table: str = "embeddings") -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, table: str = "embeddings", *, owner: str | None = None
+    ) -> None:
         if not _IDENTIFIER.match(table):
             raise ValueError(f"embedding table name {table!r} is not a plain SQL identifier")
         self.conn = conn
         self.table = table
         self.meta_table = f"{table}_meta"
+        self.owner = owner
+        self._owner_recorded = owner is None  # None: a caller that checks no owner
         self._version_cursor = conn.cursor()  # reused: asked before every search
 
     # -- schema and store identity ------------------------------------------------------
@@ -95,7 +105,11 @@ class EmbeddingStore:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (self.meta_table,)
         ).fetchone()
         if exists:
+            recorded = self.meta("owner")
+            self._check_owner(recorded)
+            self._owner_recorded = self._owner_recorded or recorded is not None
             return
+        self._owner_recorded = True  # recorded below, with the schema
         with self.write():
             conn.execute(
                 f"""CREATE TABLE IF NOT EXISTS {self.table} (
@@ -119,10 +133,13 @@ class EmbeddingStore:
                 f"CREATE TABLE IF NOT EXISTS {self.meta_table} "
                 "(key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
+            meta = [("store_id", uuid.uuid4().hex), ("seq", "0"), ("created_at", utc_now())]
+            if self.owner is not None:
+                meta.append(("owner", self.owner))
             conn.executemany(
-                f"INSERT OR IGNORE INTO {self.meta_table}(key, value) VALUES (?, ?)",
-                [("store_id", uuid.uuid4().hex), ("seq", "0"), ("created_at", utc_now())],
+                f"INSERT OR IGNORE INTO {self.meta_table}(key, value) VALUES (?, ?)", meta
             )
+            self._check_owner(self.meta("owner"))  # another class may have created it first
 
     def meta(self, key: str) -> str | None:
         row = self.conn.execute(
@@ -150,22 +167,60 @@ class EmbeddingStore:
         return self.meta("model"), (int(dim) if dim is not None else None)
 
     # -- transactions ---------------------------------------------------------------------
+    def _check_owner(self, recorded: str | None) -> None:
+        if recorded is None or self.owner is None or recorded == self.owner:
+            return
+        database = next(
+            (row[2] for row in self.conn.execute("PRAGMA database_list") if row[1] == "main"), ""
+        ) or ":memory:"
+        suggested = re.sub(r"\W+", "_", self.owner.rsplit(".", 1)[-1]).strip("_").lower()
+        raise StoreConflictError(
+            f"table {self.table!r} of {database} holds the vectors of {recorded}, not "
+            f"{self.owner}: give {self.owner} its own embedding_table (a class attribute, e.g. "
+            f"embedding_table = {(suggested or 'other')[:40] + '_embeddings'!r}), "
+            f"or, if {self.owner} is {recorded} renamed, set embedding_owner = {recorded!r} on it"
+        )
+
+    def _record_owner(self) -> None:
+        """Check the owner inside the write transaction, and record it if none is yet."""
+        recorded = self.meta("owner")
+        self._check_owner(recorded)
+        if recorded is None:
+            self.set_meta("owner", self.owner)
+
     @contextmanager
     def write(self) -> Iterator[None]:
         """One write transaction, committed on success (with anything the caller had pending).
 
         BEGIN IMMEDIATE takes the write lock up front, so the busy timeout applies and the
-        ``seq`` values handed out are in commit order across processes.
+        ``seq`` values handed out are in commit order across processes. In a transaction the
+        caller opened, the store's changes go in a SAVEPOINT: a failure rolls back only them,
+        never the caller's own pending changes; success commits both, as documented.
         """
         conn = self.conn
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            conn.rollback()
-            raise
+            try:
+                if not self._owner_recorded:
+                    self._record_owner()
+                yield
+            except BaseException:
+                conn.rollback()
+                raise
+        else:
+            conn.execute("SAVEPOINT embeddable_db_write")
+            try:
+                if not self._owner_recorded:
+                    self._record_owner()
+                yield
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled everything back (disk full)
+                    conn.execute("ROLLBACK TO embeddable_db_write")
+                    conn.execute("RELEASE embeddable_db_write")
+                raise
+            conn.execute("RELEASE embeddable_db_write")
         conn.commit()
+        self._owner_recorded = True
 
     def _next_seqs(self, n: int) -> int:
         """Reserve ``n`` sequence numbers; returns the first. Call inside ``write()``."""

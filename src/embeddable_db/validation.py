@@ -6,6 +6,7 @@ what to do, so bad input never reaches SQLite or an index.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Iterable, Mapping
@@ -14,9 +15,18 @@ from typing import Any
 import numpy as np
 
 from .errors import DimensionMismatchError, InvalidInputError, InvalidVectorError
+from .store import VectorRow
 
 _FLOAT32 = np.dtype(np.float32)
 MAX_ID_CHARS = 1024
+# Kinds name tables or record types; 1 MB "kinds" were accepted and stored in every row.
+MAX_KIND_CHARS = 256
+MAX_SOURCE_ID_CHARS = MAX_ID_CHARS
+# SQLite INTEGER is signed 64-bit: a larger embedding_version failed at bind time, mid-write.
+MAX_EMBEDDING_VERSION = 2**63 - 1
+# all-MiniLM-L6-v2 has 384 dimensions, the largest common models 4,096; "hash:10000000000"
+# would allocate 37 GiB per record before anything could refuse it.
+MAX_DIMENSION = 65_536
 # The default model reads at most 256 tokens (~1,500 characters); cutting far beyond that
 # only spares the tokenizer from megabytes of text. The hash still covers the whole text.
 MAX_ENCODED_CHARS = 20_000
@@ -71,17 +81,114 @@ def check_items(items: Any) -> list[tuple[Any, Any, Any]]:
     return checked
 
 
+def unique_rows(rows: list[Any], kinds: tuple[str, ...] | None) -> list[VectorRow]:
+    """Rows for ``store_embeddings``, checked again (a caller may build or change them) and
+    one per record id: an id given twice keeps its last row, in that row's place."""
+    latest: dict[str, VectorRow] = {}
+    for row in rows:
+        if not isinstance(row, VectorRow):
+            raise InvalidInputError("store_embeddings takes the rows prepare_embeddings returns")
+        if not _clean_row(row, kinds):
+            row = _checked_row(row, kinds)
+        latest.pop(row.record_id, None)
+        latest[row.record_id] = row
+    return list(latest.values())
+
+
+def _clean_row(row: VectorRow, kinds: tuple[str, ...] | None) -> bool:
+    """True for a row as ``prepare_embeddings`` makes them (ASCII ids): ~1 µs instead of ~10."""
+    rid, kind, source, version, vector = (
+        row.record_id, row.kind, row.source_id, row.embedding_version, row.vector
+    )
+    return (
+        type(rid) is str and type(kind) is str and type(source) is str and type(version) is int
+        and 0 < len(rid) <= MAX_ID_CHARS and 0 < len(kind) <= MAX_KIND_CHARS
+        and len(source) <= MAX_SOURCE_ID_CHARS and 1 <= version <= MAX_EMBEDDING_VERSION
+        and rid.isascii() and kind.isascii() and source.isascii()
+        and not rid.isspace() and not kind.isspace() and (kinds is None or kind in kinds)
+        and type(vector) is np.ndarray and vector.ndim == 1
+        and 1 <= vector.shape[0] <= MAX_DIMENSION
+    )
+
+
+def _checked_row(row: VectorRow, kinds: tuple[str, ...] | None) -> VectorRow:
+    fields = {
+        "record_id": record_key(row.record_id),
+        "kind": check_kind(row.kind, kinds),
+        "source_id": check_source_id(row.source_id),
+        "embedding_version": check_embedding_version(row.embedding_version),
+    }
+    if not isinstance(row.vector, np.ndarray) or row.vector.ndim != 1:
+        raise InvalidVectorError("a row's vector must be a 1-D array: prepare the rows again")
+    check_dimension(row.vector.shape[0], "a row's vector")
+    if any(getattr(row, name) != value for name, value in fields.items()):
+        row = dataclasses.replace(row, **fields)
+    return row
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
 def check_kind(kind: Any, allowed: tuple[str, ...] | None = None) -> str:
+    if allowed is not None and type(kind) is str and kind in allowed:  # the common case
+        return kind
     if not isinstance(kind, str) or not kind.strip():
-        raise InvalidInputError(f"kind must be a non-empty str, got {kind!r}")
-    if allowed is not None and kind not in allowed:
-        raise InvalidInputError(f"unknown kind {kind!r}: choose one of {', '.join(allowed)}")
+        raise InvalidInputError(f"kind must be a non-empty str, got {_short(kind)}")
+    if allowed is not None:
+        raise InvalidInputError(f"unknown kind {_short(kind)}: choose one of {', '.join(allowed)}")
+    if len(kind) > MAX_KIND_CHARS:
+        raise InvalidInputError(
+            f"kind is {len(kind)} characters long; kinds name a table or record type: "
+            f"keep them under {MAX_KIND_CHARS + 1}"
+        )
+    _check_unicode(kind, "kind")
     return kind
+
+
+def check_source_id(source_id: Any) -> str:
+    """A vector's ``source_id`` is stored as a string ("" when None), checked like an id."""
+    if source_id is None:
+        return ""
+    if isinstance(source_id, numbers.Integral) and not isinstance(source_id, bool):
+        if abs(int(source_id)) >= 10**MAX_SOURCE_ID_CHARS:
+            raise InvalidInputError(f"source_id has more than {MAX_SOURCE_ID_CHARS} digits")
+        return str(int(source_id))
+    try:
+        text = source_id if isinstance(source_id, str) else str(source_id)
+    except Exception as exc:  # noqa: BLE001 - any object is str()-ed; its failure is bad input
+        raise InvalidInputError(
+            f"source_id cannot be turned into a str ({type(exc).__name__}: {exc})"
+        ) from exc
+    if len(text) > MAX_SOURCE_ID_CHARS:
+        raise InvalidInputError(f"source_id is longer than {MAX_SOURCE_ID_CHARS} characters")
+    _check_unicode(text, "source_id")
+    return text
+
+
+def check_embedding_version(version: Any) -> int:
+    """A positive int that fits SQLite's INTEGER."""
+    if isinstance(version, bool) or not isinstance(version, numbers.Integral) or version < 1:
+        raise InvalidInputError(f"embedding_version must be a positive int, got {_short(version)}")
+    if version > MAX_EMBEDDING_VERSION:
+        raise InvalidInputError(
+            f"embedding_version must be at most 2**63 - 1 (SQLite's largest integer), "
+            f"got {_short(version)}: count versions 1, 2, 3, ..."
+        )
+    return int(version)
+
+
+def check_dimension(dim: Any, what: str) -> int:
+    """A vector dimension the store can hold: 2 to ``MAX_DIMENSION``."""
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or not (
+        1 <= dim <= MAX_DIMENSION
+    ):
+        raise InvalidInputError(
+            f"{what}: dimension {_short(dim)} is out of range; this library holds vectors of "
+            f"1 to {MAX_DIMENSION:,} dimensions"
+        )
+    return int(dim)
 
 
 def check_top_k(top_k: Any) -> int:

@@ -8,6 +8,7 @@ models: the mixin keeps it current and decides when to rebuild it.
 from __future__ import annotations
 
 import importlib
+import numbers
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -60,6 +61,16 @@ class VectorIndex(ABC):
     def params(self) -> dict[str, Any]:
         """Settings that change the file's content; a change means a rebuild."""
         return {}
+
+
+def bounded_int(name: str, value: Any, low: int, high: int) -> int:
+    """An int option within ``low..high``: options are checked when the store is constructed,
+    not found out of range minutes into a build or at the first save."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not (
+        low <= value <= high
+    ):
+        raise ValueError(f"{name} must be an int from {low:,} to {high:,}, got {value!r}")
+    return int(value)
 
 
 _BACKENDS = {

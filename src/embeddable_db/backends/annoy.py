@@ -17,11 +17,16 @@ from __future__ import annotations
 import numpy as np
 from annoy import AnnoyIndex
 
-from . import VectorIndex
+from . import VectorIndex, bounded_int
 
 DEFAULT_TREES = 10
 DEFAULT_SEARCH_K = 20_000
 DEFAULT_EXACT_BELOW = 20_000
+# Bounds checked at construction: 1,000 trees build ~100x slower than the default and a
+# search_k past 10**8 reads more nodes than any index of this size holds (Annoy takes a C int).
+MAX_TREES = 1_000
+MAX_SEARCH_K = 100_000_000
+MAX_EXACT_BELOW = 100_000_000
 
 
 def exact_top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,16 +56,12 @@ class AnnoyVectorIndex(VectorIndex):
         exact_below: int = DEFAULT_EXACT_BELOW,
     ) -> None:
         super().__init__(dim)
-        self.n_trees = int(n_trees)
-        self.search_k = int(search_k)
-        self.exact_below = int(exact_below)
         # Annoy reads n_trees <= 0 as "build until memory runs out" (a negative value got a
-        # test process OOM-killed) and would answer nothing with zero trees: refuse them.
-        if self.n_trees < 1 or self.search_k < 1 or self.exact_below < 0:
-            raise ValueError(
-                "n_trees and search_k must be positive and exact_below not negative, got "
-                f"n_trees={n_trees!r}, search_k={search_k!r}, exact_below={exact_below!r}"
-            )
+        # test process OOM-killed), answers nothing with zero trees, took minutes to build
+        # 10**5 trees and overflowed a C int at the first save with 2**31.
+        self.n_trees = bounded_int("n_trees", n_trees, 1, MAX_TREES)
+        self.search_k = bounded_int("search_k", search_k, 1, MAX_SEARCH_K)
+        self.exact_below = bounded_int("exact_below", exact_below, 0, MAX_EXACT_BELOW)
         self._index: AnnoyIndex | None = None
         self._labels = np.empty(0, np.int64)
         self._matrix: np.ndarray | None = None

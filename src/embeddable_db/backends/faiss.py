@@ -20,7 +20,7 @@ import os
 import faiss
 import numpy as np
 
-from . import VectorIndex
+from . import VectorIndex, bounded_int
 
 # One query at a time gains nothing from OpenMP; on a busy 2-core machine its threads made flat
 # search 2-7x slower (100k vectors: 6-9 ms on 1 thread, 16-98 ms on 2) and starved numpy's
@@ -30,6 +30,10 @@ from . import VectorIndex
 _ONE_SEARCH_THREAD = "OMP_NUM_THREADS" not in os.environ
 
 INDEX_TYPES = ("flat", "hnsw")
+# Bounds checked at construction: HNSW stores 2*M links per vector per level (M=256 already
+# costs 2 KiB a vector), and an ef past 10,000 searches more of the graph than a flat scan.
+MAX_HNSW_M = 256
+MAX_EF = 10_000
 
 
 class FaissVectorIndex(VectorIndex):
@@ -48,14 +52,9 @@ class FaissVectorIndex(VectorIndex):
         if index_type not in INDEX_TYPES:
             raise ValueError(f"unknown FAISS index_type {index_type!r}: choose one of {INDEX_TYPES}")
         self.index_type = index_type
-        self.hnsw_m = int(hnsw_m)
-        self.ef_construction = int(ef_construction)
-        self.ef_search = int(ef_search)
-        if self.hnsw_m < 2 or self.ef_construction < 1 or self.ef_search < 1:
-            raise ValueError(
-                "hnsw_m must be at least 2, ef_construction and ef_search positive, got "
-                f"hnsw_m={hnsw_m!r}, ef_construction={ef_construction!r}, ef_search={ef_search!r}"
-            )
+        self.hnsw_m = bounded_int("hnsw_m", hnsw_m, 2, MAX_HNSW_M)
+        self.ef_construction = bounded_int("ef_construction", ef_construction, 1, MAX_EF)
+        self.ef_search = bounded_int("ef_search", ef_search, 1, MAX_EF)
         self._use(self._new())
 
     @property

@@ -14,15 +14,21 @@ the row is written, then the mixin encodes and upserts (or removes) the vector a
 together. If encoding fails, the row change is rolled back, so a failed ``add`` changes nothing.
 Text is checked before anything is written: a record whose embedded fields are all empty is
 refused with an ``InvalidInputError`` (a ``ValueError``) naming those fields.
+
+A database may be used from several threads of one process: its connection is opened with
+``check_same_thread=False`` and every use of it holds ``embedding_lock`` (methods that run SQL
+are ``@serialised``; transactions hold it throughout). Encoding holds no lock, so a thread
+waiting for the model blocks no other thread's search.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,6 +44,18 @@ log = logging.getLogger(__name__)
 HOME_ENV = "EMBEDDABLE_DB_HOME"
 DEFAULT_HOME = "data"
 PAGE = 500  # rows read per query by iter_records
+
+
+def serialised(method: Callable) -> Callable:
+    """Run a method that uses the connection holding ``embedding_lock``, so that threads
+    sharing the database take turns with it."""
+
+    @functools.wraps(method)
+    def locked(self, *args: Any, **kwargs: Any) -> Any:
+        with self.embedding_lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,6 +96,8 @@ class RecordDB(EmbeddableDBMixin):
             cls.embedding_kinds = tuple(spec.kind for spec in cls.tables)
             cls._by_kind = {spec.kind: spec for spec in cls.tables}
             cls._by_type = {spec.record_type: spec for spec in cls.tables}
+            if "embedding_owner" not in cls.__dict__:  # the class that defines the tables
+                cls.embedding_owner = cls.__qualname__
 
     def __init__(
         self,
@@ -101,7 +121,8 @@ class RecordDB(EmbeddableDBMixin):
         for file in (self.path, index_path, metadata_path):
             if file is not None and file != ":memory:":
                 Path(file).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=30.0)
+        # Usable from any thread of this process; every use holds embedding_lock.
+        self.conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
         try:
             self._create_schema()
             super().__init__(
@@ -242,6 +263,13 @@ class RecordDB(EmbeddableDBMixin):
     # -- transactions ------------------------------------------------------------------------------
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``_unlocked_transaction`` holding ``embedding_lock`` throughout: no other thread's
+        statement can land in it."""
+        with self.embedding_lock, self._unlocked_transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _unlocked_transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction for a row change and its vector change; rolled back on error.
 
         The mixin commits when it writes a vector, so that write must be the block's last step.
@@ -293,6 +321,7 @@ class RecordDB(EmbeddableDBMixin):
                 raise
         return record_id
 
+    @serialised
     def get(self, record_id: int, *, kind: str | None = None) -> Any | None:
         """The record with this id (in the ``kind`` table), or None."""
         spec = self._spec(kind)
@@ -318,7 +347,9 @@ class RecordDB(EmbeddableDBMixin):
         ids = list(dict.fromkeys(row_id(rid) for rid in record_ids))
         if spec.touch and spec.touch not in changes:
             changes[spec.touch] = utc_now()
-        early = self._reembeds(spec, self._select_ids(spec, self._reader(), ids), changes)
+        with self.embedding_lock:
+            olds = self._select_ids(spec, self._reader(), ids)
+        early = self._reembeds(spec, olds, changes)
         prepared = {row.record_id: row for row in self.prepare_embeddings(early)} if early else {}
         texts = {key: self.embedding_text(new) for key, new, _ in early}
         updated, rows, late = [], [], []
@@ -366,11 +397,13 @@ class RecordDB(EmbeddableDBMixin):
             self.remove_embedding(f"{spec.kind}:{record_id}")
         return existed
 
+    @serialised
     def fetch(self, limit: int = 50, *, kind: str | None = None) -> list[Any]:
         """The newest ``limit`` records (highest id first)."""
         limit = positive_int(limit, "limit")
         return self._spec(kind).select(self._reader(), "ORDER BY id DESC LIMIT ?", (limit,))
 
+    @serialised
     def count(self, *, kind: str | None = None) -> int:
         """How many records the ``kind`` table (default: the primary one) holds."""
         spec = self._spec(kind)
@@ -393,6 +426,7 @@ class RecordDB(EmbeddableDBMixin):
                 return hits[:top_k]
             want *= 4
 
+    @serialised
     def _resolve(self, found: list[tuple[str, float]]) -> list[SearchHit]:
         parsed = [(self._parse_key(key), distance) for key, distance in found]
         wanted: dict[str, list[int]] = {}
@@ -432,6 +466,7 @@ class RecordDB(EmbeddableDBMixin):
                 last = page[-1].id
 
     # -- closing -----------------------------------------------------------------------------------
+    @serialised
     def close(self) -> None:
         """Flush the index files and close the connection (safe to call twice)."""
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ._base import RecordDB
+from ._base import RecordDB, serialised
 from .records import Record, TableSpec, compose, created_now, json_list, listed
 
 
@@ -61,6 +61,7 @@ class BotDB(RecordDB):
     def _extra_schema(self) -> None:
         self.conn.execute("CREATE INDEX IF NOT EXISTS bots_name_nocase ON bots(name COLLATE NOCASE)")
 
+    @serialised
     def find_by_name(self, name: str) -> BotRecord | None:
         """The bot with this name, ignoring case (the oldest one if several share it)."""
         found = self.tables[0].select(

@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 from ..errors import InvalidInputError
-from ._base import RecordDB
+from ._base import RecordDB, serialised
 from .records import Record, TableSpec, clip, compose, created_now, listed
 
 STACK_TAIL_CHARS = 600
@@ -138,6 +138,7 @@ class ErrorDB(RecordDB):
         TableSpec("telemetry", TelemetryEvent, "telemetry", indexed=("error_type",)),
     )
 
+    @serialised
     def _id_of(self, kind: str, message: str) -> int | None:
         table = self._spec(kind).table
         row = self._reader().execute(

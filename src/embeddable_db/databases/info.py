@@ -6,7 +6,7 @@ import dataclasses
 import re
 
 from ..errors import InvalidInputError
-from ._base import RecordDB
+from ._base import RecordDB, serialised
 from .records import Record, TableSpec, clip, compose, created_now, json_list, listed, positive_int
 
 CONTENT_CHARS = 2000
@@ -94,6 +94,7 @@ class InfoDB(RecordDB):
         if new:  # index the rows of a table made before the FTS table existed
             self.conn.execute("INSERT INTO info_fts(info_fts) VALUES ('rebuild')")
 
+    @serialised
     def search_keywords(self, term: str, limit: int = 20) -> list[ResearchItem]:
         """Items containing every word of ``term`` (words may be prefixes), best match first."""
         if not isinstance(term, str):

@@ -118,6 +118,20 @@ def open_store(conn: sqlite3.Connection, table: str, *, read_only: bool, name: s
     return store if found == 2 else EmptyStore(conn, table)
 
 
+def file_ids(*paths: str) -> tuple:
+    """Which files are at ``paths`` now (a file that os.replace() put there has another inode):
+    a reader without the lock compares them before and after reading to notice a save."""
+    ids = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            ids.append(None)
+        else:
+            ids.append((stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    return tuple(ids)
+
+
 class EmptyStore(EmbeddingStore):
     """A store whose embeddings table was never created, as a read-only open sees it: no
     vectors (a read-only open must not create the table; reopen to see one made since)."""

@@ -56,7 +56,7 @@ from .errors import (
     ModelConflictError,
     StoreConflictError,
 )
-from .handle import EmptyStore, Handle, open_store
+from .handle import EmptyStore, Handle, file_ids, open_store
 from .live_index import LiveIndex
 from .manifest import (
     Manifest,
@@ -84,19 +84,6 @@ BACKFILL_MAX_PENDING = 200_000
 # of similar length pads less, which made the default model ~25% faster on 5,000 mixed docstring
 # sentences (bench_backfill.py). Each batch is still one model call and one commit.
 BACKFILL_WINDOW_BATCHES = 16
-
-
-def _file_ids(*paths: str) -> tuple:
-    """Which files are at ``paths`` now: a file replaced by os.replace() gets another inode."""
-    ids = []
-    for path in paths:
-        try:
-            stat = os.stat(path)
-        except OSError:
-            ids.append(None)
-        else:
-            ids.append((stat.st_ino, stat.st_mtime_ns, stat.st_size))
-    return tuple(ids)
 
 
 def _fingerprint_of(value: str) -> str:
@@ -882,7 +869,7 @@ class EmbeddableDBMixin:
         if isinstance(self._store, EmptyStore):  # no embeddings table: the files are not ours
             return None, None
         for _ in range(3):
-            before = _file_ids(self.index_path, self.metadata_path)
+            before = file_ids(self.index_path, self.metadata_path)
             manifest = self._read_own_manifest()
             if manifest is None:
                 return None, None
@@ -891,7 +878,7 @@ class EmbeddableDBMixin:
                 # says nothing about this model's vectors: never trust it to mean "none".
                 return None, manifest
             live = self._load_files(manifest)
-            if not self._handle.read_only or _file_ids(self.index_path, self.metadata_path) == before:
+            if not self._handle.read_only or file_ids(self.index_path, self.metadata_path) == before:
                 return live, manifest
         return None, manifest
 

@@ -150,6 +150,61 @@ def test_empty_index_left_by_an_earlier_model_change_is_not_trusted(tmp_path):
 
 
 # -- item 25: read-only ----------------------------------------------------------------------------
+class ReadOnlyNotes(NotesDB):
+    """NotesDB on a connection that cannot write (NotesDB itself creates its table)."""
+
+    def __init__(self, path, **options):
+        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        super(NotesDB, self).__init__(**options)
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, sys.argv[2])
+    sys.path.insert(0, sys.argv[3])
+    from conftest import NotesDB
+    db = NotesDB(sys.argv[1], model_name="hash:32", backend=sys.argv[4])
+    deadline = time.monotonic() + 1.0
+    n = 0
+    while time.monotonic() < deadline:
+        for _ in range(5):
+            n += 1
+            db.add_embedding(f"w{n}", {"body": f"written while reading {n} w{n}"}, "note")
+        db.remove_embedding(f"w{n - 2}")
+        db.save_index()  # replaces the index and its metadata, again and again
+    db.close()
+    print(n)
+    """
+)
+
+
+def test_read_only_open_while_another_process_saves(tmp_path, backend="annoy"):
+    """Read-only opens take no lock: while a writer replaces the files over and over, every
+    open still finds each vector it holds under its own id."""
+    path = tmp_path / "n.db"
+    filled_notes(path, backend=backend)
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    writer = subprocess.Popen(
+        [sys.executable, str(script), str(path), SRC, str(HERE.parent), backend],
+        stdout=subprocess.PIPE, text=True,
+    )
+    opens = 0
+    try:
+        while writer.poll() is None:
+            db = ReadOnlyNotes(path, model_name="hash:32", backend=backend, read_only=True)
+            assert db.embedding_count() >= 20
+            for key in ("3", "17"):
+                vector = db.get_vector(key)
+                assert db.search_by_vector(vector, top_k=1)[0][0] == key
+            db.close()
+            db.conn.close()
+            opens += 1
+    finally:
+        writer.wait(timeout=60)
+    assert writer.returncode == 0 and int(writer.stdout.read()) > 10
+    assert opens > 3
 def bots(n=12):
     subjects = ["invoices", "weather", "thumbnails", "deployments", "recipes", "backups"]
     return [
@@ -327,12 +382,6 @@ def test_read_only_store_without_an_embeddings_table_is_empty(tmp_path):
     conn.commit()
     conn.close()
     before = tree_digest(tmp_path)
-
-    class ReadOnlyNotes(NotesDB):
-        def __init__(self, path, **options):
-            self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            super(NotesDB, self).__init__(**options)
-
     db = ReadOnlyNotes(path, model_name="hash:32", read_only=True)
     assert db.embedding_count() == 0
     assert db.search_by_vector([1.0] * 32, top_k=3) == []
@@ -568,3 +617,48 @@ def test_forked_child_of_a_mixin_store(tmp_path):
     assert tree_digest(tmp_path) == before
     assert db.embedding_count() == 21
     shut(db)
+
+
+def test_read_only_copy_searched_by_another_user(tmp_path):
+    """``chmod -R a-w`` on a copy, read by a user other than root (whom permissions stop)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to run as another user")
+    import stat
+    import tempfile
+
+    answer = filled_bots(tmp_path / "data")
+    remove_lock_files(tmp_path / "data")
+    shared = tempfile.mkdtemp(prefix="embeddable-ro-")
+    try:
+        copy = os.path.join(shared, "data")
+        shutil.copytree(tmp_path / "data", copy)
+        script = os.path.join(shared, "probe.py")
+        with open(script, "w") as handle:
+            handle.write(MOUNT_SCRIPT)
+        for root, dirs, files in os.walk(shared):
+            for name in dirs + files + [""]:
+                path = os.path.join(root, name)
+                mode = stat.S_IMODE(os.stat(path).st_mode) | 0o555 if os.path.isdir(path) else 0o444
+                os.chmod(path, mode & ~0o222)
+        before = tree_digest(shared)
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             sys.executable, script, copy, SRC],
+            capture_output=True, text=True, timeout=120, cwd="/",
+        )
+        if proc.returncode != 0 and "setpriv" in proc.stderr:
+            pytest.skip(f"cannot switch user: {proc.stderr.strip()}")
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        kind, message = out["writable"]
+        assert kind == "ReadOnlyError" and "bot.db" in message and "read_only=True" in message
+        assert [tuple(hit) for hit in out["hits"]] == answer
+        assert out["count"] == 12 and out["ok"]
+        assert "opened read-only" in out["add"]
+        assert tree_digest(shared) == before  # not even SQLite's -wal/-shm
+    finally:
+        for root, dirs, _ in os.walk(shared):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o755)
+        os.chmod(shared, 0o755)
+        shutil.rmtree(shared)

@@ -662,3 +662,25 @@ def test_read_only_copy_searched_by_another_user(tmp_path):
                 os.chmod(os.path.join(root, name), 0o755)
         os.chmod(shared, 0o755)
         shutil.rmtree(shared)
+
+
+def test_reopening_each_database_changes_no_file(tmp_path):
+    """Open, search and close each of the six databases, writable then read-only: intact
+    files stay byte-identical (a writable open only repairs a damaged or missing cache)."""
+    from databases.cases import CASES
+
+    for name, case in CASES.items():
+        data = tmp_path / name
+        with case.cls(data_dir=data, model_name="hash:32") as db:
+            for record in case.records():
+                db.add(record)
+        before = tree_digest(data)
+        for read_only in (False, True, False):
+            with case.cls(data_dir=data, model_name="hash:32", read_only=read_only) as db:
+                assert len(db.search(case.queries[0], top_k=3)) == 3
+                assert db.count() == len(case.records())
+                assert db.verify_index().ok
+            after = tree_digest(data)
+            if read_only:  # SQLite's own -wal/-shm may appear beside a WAL database
+                after = {k: v for k, v in after.items() if not k.endswith(("-wal", "-shm"))}
+            assert after == before, (name, read_only)

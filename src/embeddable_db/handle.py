@@ -15,8 +15,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
+import time
 import urllib.parse
 from collections.abc import Iterator
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: read-only stores read without the lock there
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 
@@ -118,14 +125,72 @@ def open_store(conn: sqlite3.Connection, table: str, *, read_only: bool, name: s
     return store if found == 2 else EmptyStore(conn, table)
 
 
-def file_ids(*paths: str) -> tuple:
+class SharedLock:
+    """The store's lock file, held shared by a read-only store while it reads the index files.
+
+    Writers hold the same file exclusively (flock, as filelock does) while they save, so they
+    wait for a reader and readers for a save, never for each other. It opens only a lock file
+    that already exists, read-only, and writes nothing; with none (or a symlink, or anything
+    but a regular file there) it reads without the lock and relies on noticing a save.
+    """
+
+    WAIT_SECONDS = 30.0
+
+    def __init__(self, lock_file: str) -> None:
+        self.lock_file = lock_file
+        self._fd: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> SharedLock:
+        self._depth += 1
+        if self._depth == 1 and fcntl is not None:
+            self._fd = self._acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+    def _acquire(self) -> int | None:
+        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(
+            os, "O_CLOEXEC", 0
+        )
+        try:
+            fd = os.open(self.lock_file, flags)
+        except OSError:
+            return None
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                deadline = time.monotonic() + self.WAIT_SECONDS
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                        return fd
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            break  # a save that long: read without the lock
+                        time.sleep(0.01)
+                    except OSError:
+                        break  # no flock on this file system
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return None
+
+
+def file_ids(*paths: str | None) -> tuple:
     """Which files are at ``paths`` now (a file that os.replace() put there has another inode):
     a reader without the lock compares them before and after reading to notice a save."""
     ids = []
     for path in paths:
         try:
-            stat = os.stat(path)
+            stat = os.stat(path) if path is not None else None
         except OSError:
+            stat = None
+        if stat is None:
             ids.append(None)
         else:
             ids.append((stat.st_ino, stat.st_mtime_ns, stat.st_size))

@@ -56,7 +56,7 @@ from .errors import (
     ModelConflictError,
     StoreConflictError,
 )
-from .handle import EmptyStore, Handle, file_ids, open_store
+from .handle import EmptyStore, Handle, SharedLock, file_ids, open_store
 from .live_index import LiveIndex
 from .manifest import (
     Manifest,
@@ -210,8 +210,8 @@ class EmbeddableDBMixin:
             if self.index_path
             else None
         )
-        if read_only:  # reads without the lock (files are only replaced atomically): no lock file
-            self._file_lock = None
+        if read_only and self._file_lock is not None:  # shared, and never creates the file
+            self._file_lock = SharedLock(self._file_lock.lock_file)
         self._store = open_store(
             conn, self.embedding_table, read_only=read_only, name=self._database_name()
         )
@@ -1106,8 +1106,14 @@ class EmbeddableDBMixin:
         Other processes write while we look: the file lock keeps a save from replacing the
         files between reading the metadata and the index, and SQLite is read, and the live
         index synced, inside one snapshot taken under that lock, so neither side is ahead.
+        A read-only store takes no lock: it looks again when a save replaced the files meanwhile.
         """
         with self._files_locked():
+            for _ in range(2 if self._handle.read_only else 0):
+                before = file_ids(self.index_path, self.metadata_path)
+                report = self._verify_now()
+                if report.ok or file_ids(self.index_path, self.metadata_path) == before:
+                    return report
             return self._verify_now()
 
     def _verify_now(self) -> VerifyReport:

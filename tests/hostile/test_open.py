@@ -198,6 +198,8 @@ def test_read_only_open_while_another_process_saves(tmp_path, backend="annoy"):
             for key in ("3", "17"):
                 vector = db.get_vector(key)
                 assert db.search_by_vector(vector, top_k=1)[0][0] == key
+            report = db.verify_index()
+            assert report.ok, report.problems
             db.close()
             db.conn.close()
             opens += 1

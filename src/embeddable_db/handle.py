@@ -6,9 +6,9 @@ read-write or read-only. ``Handle.check`` is what every public method of the mix
 databases calls first, before it takes the store's thread lock: a child forked while another
 thread held that lock gets the error instead of hanging.
 
-Read-only opens also come in here: a SQLite connection that cannot write (``mode=ro``), and
+Read-only opens also come in here: a SQLite connection that cannot write (``mode=ro``);
 ``EmptyStore``, what such an open sees when the embeddings table was never created (it must
-not create it).
+not create it); and ``SharedLock``, the store's existing lock file held shared while reading.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ Opening changes no file but to repair this model's own cache: a writable open wr
 again when its files are missing, damaged, stale or far behind SQLite (they are derived data,
 and every later open would pay the rebuild). It never writes over files that hold another
 model's vectors (an open with ``allow_model_change`` keeps them until vectors of the new model
-are saved), and a read-only open (``read_only=True``) writes nothing, not even the lock file:
-it rebuilds in memory only and refuses every write with a ``ReadOnlyError``.
+are saved), and a read-only open (``read_only=True``) writes nothing, not even the lock file
+(it holds an existing one shared while it reads): it rebuilds in memory only and refuses every
+write with a ``ReadOnlyError``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from .encoder import DEFAULT_MODEL, HashingEncoder, SentenceTransformerEncoder, get_encoder
 from .errors import (
     BackendUnavailableError,
+    ClosedStoreError,
     CorruptIndexError,
     DimensionMismatchError,
     EmbeddingError,
@@ -10,6 +11,7 @@ from .errors import (
     InvalidInputError,
     InvalidVectorError,
     ModelConflictError,
+    ReadOnlyError,
     StoreConflictError,
 )
 from .mixin import EmbeddableDBMixin
@@ -51,6 +53,7 @@ __all__ = [
     "BackendUnavailableError",
     "BackfillInterrupted",
     "BackfillResult",
+    "ClosedStoreError",
     "CorruptIndexError",
     "DimensionMismatchError",
     "EmbeddableDBMixin",
@@ -60,6 +63,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidVectorError",
     "ModelConflictError",
+    "ReadOnlyError",
     "SentenceTransformerEncoder",
     "StoreConflictError",
     "VerifyReport",

@@ -37,3 +37,12 @@ class CorruptIndexError(EmbeddingError):
 
 class EncodingError(EmbeddingError):
     """The encoder (model) failed on a text: not the caller's input at fault."""
+
+
+class ClosedStoreError(EmbeddingError):
+    """A store used after ``close()``, or in a child process after ``fork()``: open it again."""
+
+
+class ReadOnlyError(EmbeddingError):
+    """A write to a store opened with ``read_only=True``, or to a database that cannot be
+    written (a read-only file, folder or mount)."""

@@ -10,6 +10,14 @@ record at a time). The mixin orchestrates three parts:
 - the index file and its JSON manifest: a cache of the backend index, written atomically under
   a file lock at flush points, verified on open and rebuilt from SQLite when missing, stale or
   damaged.
+
+Opening changes no file but to repair this model's own cache: a writable open writes the index
+again when its files are missing, damaged, stale or far behind SQLite (they are derived data,
+and every later open would pay the rebuild). It never writes over files that hold another
+model's vectors (an open with ``allow_model_change`` keeps them until vectors of the new model
+are saved), and a read-only open (``read_only=True``) writes nothing, not even the lock file
+(it holds an existing one shared while it reads): it rebuilds in memory only and refuses every
+write with a ``ReadOnlyError``.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from .errors import (
     ModelConflictError,
     StoreConflictError,
 )
+from .handle import EmptyStore, Handle, SharedLock, file_ids, open_store
 from .live_index import LiveIndex
 from .manifest import (
     Manifest,
@@ -63,7 +72,7 @@ from .manifest import (
 )
 from .owner import store_owner
 from .reports import BackfillInterrupted, BackfillResult, VerifyReport
-from .store import EmbeddingStore, VectorRow
+from .store import VectorRow
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +174,7 @@ class EmbeddableDBMixin:
         index_options: Mapping[str, Any] | None = None,
         allow_model_change: bool = False,
         model_backend: str = "torch",
+        read_only: bool = False,
     ) -> None:
         # Everything is checked before anything is written.
         conn = getattr(self, "conn", None)
@@ -193,6 +203,7 @@ class EmbeddableDBMixin:
         self.model_id = model_identity(model_name, encoder)
         self._encoder = encoder
         self.index_path, self.metadata_path = self._resolve_paths(conn, index_path, metadata_path)
+        self._handle = Handle(read_only)
 
         self._lock = threading.RLock()
         self._file_lock = (
@@ -200,9 +211,12 @@ class EmbeddableDBMixin:
             if self.index_path
             else None
         )
-        owner = store_owner(type(self), EmbeddableDBMixin)
-        self._store = EmbeddingStore(conn, self.embedding_table, owner=owner)
-        self._store.ensure_schema()
+        if read_only and self._file_lock is not None:  # shared, and never creates the file
+            self._file_lock = SharedLock(self._file_lock.lock_file)
+        self._store = open_store(
+            conn, self.embedding_table, read_only=read_only, name=self._database_name(),
+            owner=store_owner(type(self), EmbeddableDBMixin),
+        )
         stored_model, _ = self._store.identity()
         if stored_model is not None and stored_model != self.model_id and not allow_model_change:
             raise ModelConflictError(
@@ -213,8 +227,9 @@ class EmbeddableDBMixin:
         self._allow_model_change = allow_model_change
         self._files_stamp: tuple[int, int, int] | None = None
         self._data_version = self._store.data_version()
-        self._closed = False
+        self._foreign_files = False
         self._live = self._open_live()
+        self._changes_at_open = conn.total_changes
 
     # -- set-up ------------------------------------------------------------------------------
     def _check_backend_options(
@@ -325,6 +340,7 @@ class EmbeddableDBMixin:
 
     def encode_texts(self, texts: Iterable[Any]) -> np.ndarray:
         """Encode texts in one model call: an (n, dim) float32 array of unit vectors."""
+        self._ensure_open()
         texts = [
             check.check_text(text)[: check.MAX_ENCODED_CHARS] for text in check.many(texts, "texts")
         ]
@@ -439,6 +455,7 @@ class EmbeddableDBMixin:
         record; an id given twice is stored once, from its last item. Returns how many
         distinct records were stored.
         """
+        self._ensure_open(write="add_embeddings()")
         return self.store_embeddings(
             self.prepare_embeddings(items, batch_size=batch_size, source_ids=source_ids)
         )
@@ -477,8 +494,7 @@ class EmbeddableDBMixin:
         prepared = list(latest.values())
         rows: list[VectorRow] = []
         # Encoding holds no lock: other threads search and write while the model runs.
-        with self._lock:
-            self._ensure_open()
+        self._ensure_open()
         for start in range(0, len(prepared), batch_size):
             batch_rows, failures = self._make_rows(prepared[start : start + batch_size])
             if failures:
@@ -500,8 +516,8 @@ class EmbeddableDBMixin:
         distinct records were stored (an id given twice keeps its last row).
         """
         rows = check.unique_rows(check.many(rows, "rows"), self.embedding_kinds)
+        self._ensure_open(write="store_embeddings()")
         with self._lock:
-            self._ensure_open()
             self._check_batch_dimensions(rows)
             if rows and self.dimension is not None and rows[0].vector.shape[0] != self.dimension:
                 raise check.DimensionMismatchError(
@@ -525,16 +541,16 @@ class EmbeddableDBMixin:
     def remove_embedding(self, record_id: Any) -> bool:
         """Drop a record's vector; True when there was one."""
         key = check.record_key(record_id)
+        self._ensure_open(write="remove_embedding()")
         with self._lock:
-            self._ensure_open()
             removed = self._store.remove([key])
             self._after_write()
         return bool(removed)
 
     def remove_embeddings(self, record_ids: Iterable[Any]) -> int:
         keys = check.record_keys(record_ids)
+        self._ensure_open(write="remove_embeddings()")
         with self._lock:
-            self._ensure_open()
             removed = self._store.remove(keys)
             self._after_write()
         return len(removed)
@@ -552,8 +568,8 @@ class EmbeddableDBMixin:
             self.embedding_version if embedding_version is None else embedding_version
         )
         keys = check.record_keys(record_ids)
+        self._ensure_open(write="update_embedding_versions()")
         with self._lock:
-            self._ensure_open()
             changed = self._store.set_embedding_version(keys, version)
             self._after_write()
         return len(changed)
@@ -570,12 +586,14 @@ class EmbeddableDBMixin:
     # -- reads -------------------------------------------------------------------------------------
     def get_vector(self, record_id: Any) -> list[float] | None:
         key = check.record_key(record_id)
+        self._ensure_open()
         with self._lock:
             vector = self._store.get_vector(key)
         return None if vector is None else vector.tolist()
 
     def embedding_count(self) -> int:
         """How many vectors this store can find."""
+        self._ensure_open()
         with self._lock:
             self._refresh()
             return len(self._live)
@@ -583,8 +601,8 @@ class EmbeddableDBMixin:
     def model_counts(self) -> dict[str, int]:
         """Stored vectors per model identity, most first; two or more keys mean a model switch
         that a backfill has not finished (only the current model's vectors are searched)."""
+        self._ensure_open()
         with self._lock:
-            self._ensure_open()
             return self._store.model_counts()
 
     def search_by_vector(
@@ -594,8 +612,8 @@ class EmbeddableDBMixin:
         top_k = check.check_top_k(top_k)
         if kind is not None:
             kind = check.check_kind(kind, self.embedding_kinds)
+        self._ensure_open()
         with self._lock:
-            self._ensure_open()
             self._refresh()
             query = check.check_vector(vector, self.dimension, self.model_id)
             return self._live.search(query, top_k, kind)
@@ -626,10 +644,10 @@ class EmbeddableDBMixin:
         if progress is not None and not callable(progress):
             # Checked now: found after the first batch, it would fail a half-done backfill.
             raise InvalidInputError(f"progress must be a callable or None, got {progress!r}")
+        self._ensure_open(write=None if dry_run else "backfill_embeddings()")
         result = BackfillResult(dry_run=dry_run)
         started = time.perf_counter()
         with self._lock:
-            self._ensure_open()
             self._sync()
             states = self._store.states()
             seen: set[str] = set()
@@ -729,9 +747,10 @@ class EmbeddableDBMixin:
             self._maybe_compact()
 
     # -- keeping the live index current --------------------------------------------------------------
-    def _ensure_open(self) -> None:
-        if self._closed:
-            raise EmbeddingError(f"{type(self).__name__} is closed")
+    def _ensure_open(self, write: str | None = None) -> None:
+        """Refuse a closed store, a store inherited through fork(), and (when ``write`` names
+        the call) a write to a read-only store; see ``handle.Handle.check``."""
+        self._handle.check(self, write)
 
     def _refresh(self) -> None:
         """Pick up what other connections committed since we last looked (cheap when nothing)."""
@@ -820,29 +839,63 @@ class EmbeddableDBMixin:
             ) from exc
 
     def _open_live(self) -> LiveIndex:
-        """Load the index files if they are this store's and intact; else rebuild them."""
+        """Load the index files if they are this store's and intact; else rebuild them.
+
+        The rebuilt (or compacted) index is written only when this open may repair the files:
+        not read-only, and the files are not another model's (see the module docstring).
+        """
         if self.index_path is None:
             self._live = None  # type: ignore[assignment]
             return self._rebuild_live()
+        read_only = self._handle.read_only
         with self._files_locked(), _gc_paused():
-            remove_stale_temps(self.index_path)
-            remove_stale_temps(self.metadata_path)
-            manifest = self._read_own_manifest()
-            live = self._load_files(manifest) if manifest is not None else None
+            if not read_only:
+                remove_stale_temps(self.index_path)
+                remove_stale_temps(self.metadata_path)
+            live, manifest = self._load_own_files()
+            self._foreign_files = manifest is not None and manifest.model not in (
+                None, self.model_id
+            )
+            repair = not read_only and not self._foreign_files
             if live is None:
                 self._live = None  # type: ignore[assignment]
                 live = self._rebuild_live()
                 if manifest is not None:
                     live.generation = manifest.generation
                 self._live = live
-                self._write_files()
+                if repair:
+                    self._write_files()
             else:
                 self._live = live
                 self._sync()
                 if live.pending > self._pending_limit():
                     self._compact()
-                    self._write_files()
+                    if repair:
+                        self._write_files()
         return self._live
+
+    def _load_own_files(self) -> tuple[LiveIndex | None, Manifest | None]:
+        """(the live index from the files, or None to rebuild; the manifest read).
+
+        A read-only open holds no lock, so a save may replace the files while it reads them
+        (index first, then metadata, each atomically): when either file changed meanwhile, it
+        reads them again, and after three tries rebuilds from SQLite.
+        """
+        if isinstance(self._store, EmptyStore):  # no embeddings table: the files are not ours
+            return None, None
+        for _ in range(3):
+            before = file_ids(self.index_path, self.metadata_path)
+            manifest = self._read_own_manifest()
+            if manifest is None:
+                return None, None
+            if manifest.model is None and not manifest.records and self._store.count():
+                # An empty index written without a model (as an open with another model did)
+                # says nothing about this model's vectors: never trust it to mean "none".
+                return None, manifest
+            live = self._load_files(manifest)
+            if not self._handle.read_only or file_ids(self.index_path, self.metadata_path) == before:
+                return live, manifest
+        return None, manifest
 
     def _read_own_manifest(self) -> Manifest | None:
         """The manifest if it is usable; None (after one warning) when missing or damaged.
@@ -949,7 +1002,7 @@ class EmbeddableDBMixin:
 
     def _write_files(self) -> None:
         """Write the (compacted) backend and its manifest; call under the file lock."""
-        if self.index_path is None:
+        if self.index_path is None or not self._may_write_files():
             return
         live = self._live
         assert live.pending == 0, "compact before writing files"
@@ -1025,8 +1078,8 @@ class EmbeddableDBMixin:
     # -- flushing, verifying, rebuilding ----------------------------------------------------------------
     def save_index(self) -> None:
         """Flush: fold pending changes into the backend and write the index and metadata."""
+        self._ensure_open(write="save_index()")
         with self._lock:
-            self._ensure_open()
             if self.conn.in_transaction:
                 raise EmbeddingError("commit or roll back the open transaction before save_index()")
             with self._files_locked():
@@ -1038,22 +1091,22 @@ class EmbeddableDBMixin:
 
     def load_index(self) -> None:
         """Drop the in-memory index and load it again from the files (or rebuild them)."""
+        self._ensure_open()
         with self._lock:
-            self._ensure_open()
             self._live = self._open_live()
 
     def rebuild_index(self) -> None:
         """Rebuild the index from the vectors in SQLite (no re-encoding) and write it."""
+        self._ensure_open(write="rebuild_index()")
         with self._lock:
-            self._ensure_open()
             with self._files_locked():
                 self._live = self._rebuild_live()
                 self._write_files()
 
     def verify_index(self, *, repair: bool = False) -> VerifyReport:
         """Compare SQLite, the live index and the files; with ``repair``, rebuild on problems."""
+        self._ensure_open(write="verify_index(repair=True)" if repair else None)
         with self._lock:
-            self._ensure_open()
             self._sync()
             report = self._verify()
             if repair and not report.ok:
@@ -1068,8 +1121,14 @@ class EmbeddableDBMixin:
         Other processes write while we look: the file lock keeps a save from replacing the
         files between reading the metadata and the index, and SQLite is read, and the live
         index synced, inside one snapshot taken under that lock, so neither side is ahead.
+        A read-only store takes no lock: it looks again when a save replaced the files meanwhile.
         """
         with self._files_locked():
+            for _ in range(2 if self._handle.read_only else 0):
+                before = file_ids(self.index_path, self.metadata_path)
+                report = self._verify_now()
+                if report.ok or file_ids(self.index_path, self.metadata_path) == before:
+                    return report
             return self._verify_now()
 
     def _verify_now(self) -> VerifyReport:
@@ -1137,20 +1196,29 @@ class EmbeddableDBMixin:
         next open to replay from SQLite, where every change is already committed: closing
         after a few adds must not cost a rebuild of the whole index (4.8 s at 100k vectors)
         or a rewrite of all of it (154 MB for FAISS flat).
-        ``save_index()`` always flushes.
+        ``save_index()`` always flushes. A read-only store, and a store closed in a child
+        process that fork() made (the files are the parent's), write nothing.
         """
+        handle = self._handle
+        if handle.closed or handle.forked:
+            handle.closed = True
+            return
         with self._lock:
-            if self._closed:
+            if handle.closed:
                 return
-            if not self.conn.in_transaction:
+            if not handle.read_only and not self.conn.in_transaction:
                 try:
                     if not self._can_defer_flush():
                         self.save_index()
                 except sqlite3.ProgrammingError:  # the connection was closed first
                     pass
-            self._closed = True
+            handle.closed = True
 
     def _can_defer_flush(self) -> bool:
+        if self._foreign_files and self._files_stamp is None and (
+            self.conn.total_changes == self._changes_at_open
+        ):
+            return True  # nothing written here: leave the other model's files as they are
         self._sync()
         live = self._live
         backend = live.backend
@@ -1159,6 +1227,14 @@ class EmbeddableDBMixin:
         if (backend.can_add and backend.can_remove) or not 0 < live.pending <= self._pending_limit():
             return False
         return self._files_unchanged()  # still the files we wrote or loaded, not another store's
+
+    def _may_write_files(self) -> bool:
+        """Whether the index files may be written now: never by a read-only store, and an
+        index holding no vectors never replaces another model's files or is written while
+        SQLite holds other models' vectors (it would claim that there are none)."""
+        if self._handle.read_only:
+            return False
+        return len(self._live) > 0 or not (self._foreign_files or self._store.count())
 
     def __enter__(self):
         return self

@@ -181,6 +181,10 @@ class EmbeddingStore:
             f"or, if {self.owner} is {recorded} renamed, set embedding_owner = {recorded!r} on it"
         )
 
+    def check_owner(self) -> None:
+        """Refuse a table another store class owns (for opens that create nothing)."""
+        self._check_owner(self.meta("owner"))
+
     def _record_owner(self) -> None:
         """Check the owner inside the write transaction, and record it if none is yet."""
         recorded = self.meta("owner")

@@ -35,7 +35,8 @@ from typing import Any, ClassVar
 
 from .. import validation as check
 from ..encoder import DEFAULT_MODEL
-from ..errors import EmbeddingError, InvalidInputError
+from ..errors import EmbeddingError, InvalidInputError, ReadOnlyError
+from ..handle import connect_read_only, sqlite_error
 from ..mixin import EmbeddableDBMixin
 from .records import TableSpec, UnreadableRow, positive_int, row_id, utc_now
 
@@ -114,17 +115,31 @@ class RecordDB(EmbeddableDBMixin):
         index_options: Mapping[str, Any] | None = None,
         allow_model_change: bool = False,
         model_backend: str = "torch",
+        read_only: bool = False,
     ) -> None:
+        """``read_only=True`` opens the SQLite file with ``mode=ro`` and writes nothing at all
+        (no folder, table, index, metadata or lock file); every write raises ``ReadOnlyError``."""
         self.path, index_path, metadata_path = self.resolve_paths(
             path, data_dir=data_dir, index_path=index_path, metadata_path=metadata_path
         )
-        for file in (self.path, index_path, metadata_path):
-            if file is not None and file != ":memory:":
-                Path(file).parent.mkdir(parents=True, exist_ok=True)
-        # Usable from any thread of this process; every use holds embedding_lock.
-        self.conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+        if not isinstance(read_only, bool):
+            raise InvalidInputError(f"read_only must be True or False, got {read_only!r}")
+        if read_only:
+            self.conn = connect_read_only(self.path, timeout=30.0, check_same_thread=False)
+        else:
+            for file in (self.path, index_path, metadata_path):
+                if file is not None and file != ":memory:":
+                    Path(file).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                # Usable from any thread of this process; every use holds embedding_lock.
+                self.conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+            except sqlite3.OperationalError as exc:
+                raise sqlite_error(self.path, exc) from exc
         try:
-            self._create_schema()
+            if read_only:
+                self._check_schema()
+            else:
+                self._create_schema()
             super().__init__(
                 backend=backend,
                 index_path=index_path,
@@ -136,7 +151,11 @@ class RecordDB(EmbeddableDBMixin):
                 index_options=index_options,
                 allow_model_change=allow_model_change,
                 model_backend=model_backend,
+                read_only=read_only,
             )
+        except sqlite3.OperationalError as exc:  # e.g. a read-only file opened to write
+            self.conn.close()
+            raise sqlite_error(self.path, exc) from exc
         except BaseException:
             self.conn.close()
             raise
@@ -193,6 +212,17 @@ class RecordDB(EmbeddableDBMixin):
             raise
         conn.commit()
 
+    def _check_schema(self) -> None:
+        """A read-only open cannot create or upgrade tables: refuse one that needs it."""
+        for spec in self.tables:
+            existing = [row[1] for row in self.conn.execute(f"PRAGMA table_info({spec.table})")]
+            if not existing or spec.migrations(existing):
+                raise ReadOnlyError(
+                    f"{self.path} has no up-to-date table {spec.table!r} (is it a "
+                    f"{type(self).__name__} database made by an older version?): open it once "
+                    "without read_only=True to create or upgrade its tables"
+                )
+
     def _extra_schema(self) -> None:
         """Hook for a database's own tables, triggers or indexes (inside the schema transaction)."""
 
@@ -201,7 +231,7 @@ class RecordDB(EmbeddableDBMixin):
 
     # -- ids and specs -----------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
-        """The connection, once it is certain the database is open."""
+        """The connection, once it is certain the database is open (and not a fork's copy)."""
         self._ensure_open()
         return self.conn
 
@@ -274,7 +304,7 @@ class RecordDB(EmbeddableDBMixin):
 
         The mixin commits when it writes a vector, so that write must be the block's last step.
         """
-        self._ensure_open()
+        self._ensure_open(write="this change")
         conn = self.conn
         if conn.in_transaction:
             raise EmbeddingError(
@@ -303,6 +333,7 @@ class RecordDB(EmbeddableDBMixin):
         return self._insert(record)
 
     def _insert(self, record: Any, *, source_id: Any = "") -> int:
+        self._ensure_open(write=f"adding a {type(record).__name__}")  # before encoding
         spec = self._spec_of(record)
         checked = spec.check_record(record)
         self._checked_text(record)
@@ -343,6 +374,7 @@ class RecordDB(EmbeddableDBMixin):
         The new texts are encoded before the write transaction starts; a row that another
         writer changed in between is encoded again inside it.
         """
+        self._ensure_open(write="update()")  # before encoding
         changes = spec.check_fields(fields)
         ids = list(dict.fromkeys(row_id(rid) for rid in record_ids))
         if spec.touch and spec.touch not in changes:
@@ -390,6 +422,7 @@ class RecordDB(EmbeddableDBMixin):
 
     def delete(self, record_id: int, *, kind: str | None = None) -> bool:
         """Delete a record and its vector; True when there was such a record."""
+        self._ensure_open(write="delete()")
         spec = self._spec(kind)
         record_id = row_id(record_id)
         with self._transaction() as conn:
@@ -416,6 +449,7 @@ class RecordDB(EmbeddableDBMixin):
         Vectors whose rows have vanished (deleted with plain SQL, awaiting backfill) are skipped;
         the search then asks for more, so it still returns ``top_k`` hits when that many exist.
         """
+        self._ensure_open()
         top_k = check.check_top_k(top_k)
         vector = self.encode_texts([query])[0] if isinstance(query, str | bytes) else query
         want = top_k
@@ -453,6 +487,7 @@ class RecordDB(EmbeddableDBMixin):
     # -- backfill ----------------------------------------------------------------------------------
     def iter_records(self) -> Iterator[tuple[str, Any, str]]:
         """Every row of every table as ``("<kind>:<id>", record, kind)``, read a page at a time."""
+        self._ensure_open()
         for spec in self.tables:
             last = 0
             while True:
@@ -468,11 +503,14 @@ class RecordDB(EmbeddableDBMixin):
     # -- closing -----------------------------------------------------------------------------------
     @serialised
     def close(self) -> None:
-        """Flush the index files and close the connection (safe to call twice)."""
+        """Flush the index files and close the connection (safe to call twice). In a child
+        process that fork() made, it only marks the store closed: the connection's files and
+        locks are the parent's."""
         try:
             super().close()
         finally:
-            self.conn.close()
+            if not self._handle.forked:
+                self.conn.close()
 
     def __enter__(self):
         return self

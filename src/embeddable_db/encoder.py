@@ -25,11 +25,14 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
 HASH_MODEL_PREFIX = "hash:"
+#: How vectors of an encoder object without a name are recorded.
+CUSTOM_MODEL_PREFIX = "custom:"
 THREADS_ENV = "EMBEDDABLE_DB_THREADS"
 
 
 class Encoder(Protocol):
-    """Anything with ``encode(list[str]) -> 2-D array``; ``model_name`` names its vectors."""
+    """Anything with ``encode(list[str]) -> 2-D array``; ``model_name`` (or ``name``) names its
+    vectors."""
 
     def encode(self, texts: list[str]) -> Any: ...
 
@@ -175,10 +178,26 @@ def get_encoder(model_name: str = DEFAULT_MODEL, device: str | None = None, back
         return encoder
 
 
-def model_identity(model_name: str, encoder: Any | None) -> str:
-    """The name recorded with every vector: the encoder's own ``model_name`` when it has one."""
+def model_identity(model_name: str | None, encoder: Any | None) -> str:
+    """The name recorded with every vector, so that vectors of two models are never mixed.
+
+    An encoder names its own vectors (a ``model_name`` or ``name`` attribute); else the
+    ``model_name`` the caller gave; an encoder with neither is ``custom:<module.Class>``, never
+    the default model's name (``model_name=None`` means "not given").
+    """
     if encoder is not None:
-        name = getattr(encoder, "model_name", None)
-        if isinstance(name, str) and name:
-            return name
+        for attribute in ("model_name", "name"):
+            name = getattr(encoder, attribute, None)
+            if isinstance(name, str) and name.strip():
+                return name
+        if model_name is None:
+            kind = type(encoder)
+            identity = f"{CUSTOM_MODEL_PREFIX}{kind.__module__}.{kind.__qualname__}"
+            log.warning(
+                "encoder %s has no model_name: its vectors are recorded as %r; pass model_name= "
+                "to name them", kind.__qualname__, identity,
+            )
+            return identity
+    if model_name is None:
+        return DEFAULT_MODEL
     return DEFAULT_MODEL if model_name in _DEFAULT_ALIASES else model_name

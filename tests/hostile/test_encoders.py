@@ -1,0 +1,224 @@
+"""Hostile users of encoders (issue 10, items 7, 8, 12, 24 and 29).
+
+A custom encoder must never borrow the default model's name; a tampered ONNX cache is never
+believed; a mistyped model name fails once and fast; an encoder's output obeys the same rule
+as a query vector; an encoder's failure is an ``EncodingError`` wherever text is encoded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hostile_helpers import NotesDB, tree_digest
+
+from embeddable_db import (
+    DEFAULT_MODEL,
+    EncodingError,
+    HashingEncoder,
+    InvalidVectorError,
+    ModelConflictError,
+)
+
+DIM = 16
+
+
+class PlainEncoder:
+    """A user's own encoder: an ``encode`` method and nothing else (no model name)."""
+
+    def __init__(self, dim: int = DIM) -> None:
+        self._hashing = HashingEncoder(dim)
+
+    def encode(self, texts, batch_size=None):
+        return self._hashing.encode(texts)
+
+
+class NamedByAttribute(PlainEncoder):
+    name = "acme/sentence-encoder-v2"
+
+
+def _notes(path, **options):
+    db = NotesDB(str(path), **options)
+    for text in ("alpha beta", "gamma delta", "epsilon zeta"):
+        db.add_note(text)
+    return db
+
+
+def _files(folder):
+    """Every file's digest, but SQLite's -wal/-shm, which a refused open's connection makes."""
+    return {k: v for k, v in tree_digest(folder).items() if not k.endswith(("-wal", "-shm"))}
+
+
+def _shut(db):
+    try:
+        db.close()
+    finally:
+        db.conn.close()
+
+
+# --------------------------------------------------------------------------- item 7
+
+
+def test_unnamed_encoder_is_recorded_as_custom_not_as_the_default_model(tmp_path):
+    db = _notes(tmp_path / "n.db", encoder=PlainEncoder())
+    assert db.backfill_embeddings().embedded == 3
+    identity = f"custom:{PlainEncoder.__module__}.PlainEncoder"
+    assert db.model_id == identity
+    assert db.model_counts() == {identity: 3}
+    _shut(db)
+    before = _files(tmp_path)
+    # The real model on the same store is another vector space: refused, nothing written.
+    with pytest.raises(ModelConflictError) as caught:
+        NotesDB(str(tmp_path / "n.db"))
+    assert identity in str(caught.value) and "allow_model_change=True" in str(caught.value)
+    assert _files(tmp_path) == before
+    # The same encoder reopens its store.
+    again = NotesDB(str(tmp_path / "n.db"), encoder=PlainEncoder())
+    assert again.search_by_text("gamma delta", top_k=1)[0][0] == "2"
+    _shut(again)
+
+
+def test_an_encoder_is_named_by_model_name_or_its_own_attribute(tmp_path):
+    given = _notes(tmp_path / "a.db", encoder=PlainEncoder(), model_name="acme/explicit")
+    assert given.model_id == "acme/explicit"
+    _shut(given)
+    named = _notes(tmp_path / "b.db", encoder=NamedByAttribute())
+    assert named.model_id == "acme/sentence-encoder-v2"
+    _shut(named)
+    hashing = _notes(tmp_path / "c.db", encoder=HashingEncoder(DIM))  # the suite's encoders
+    assert hashing.model_id == f"hash:{DIM}"
+    _shut(hashing)
+    default = NotesDB(str(tmp_path / "d.db"))  # no encoder: the default model (not loaded)
+    assert default.model_id == DEFAULT_MODEL
+    _shut(default)
+
+
+def test_databases_do_not_name_an_unnamed_encoder_after_the_default(tmp_path):
+    from embeddable_db.databases import BotDB
+
+    db = BotDB(tmp_path / "bots.db", encoder=PlainEncoder(64))
+    assert db.model_id.startswith("custom:") and db.model_id.endswith("PlainEncoder")
+    db.close()
+
+
+def test_store_recorded_under_the_default_name_by_a_custom_encoder_now_conflicts(tmp_path):
+    """Stores made before the fix hold a custom encoder's vectors under MiniLM's name."""
+    old = _notes(tmp_path / "old.db", encoder=PlainEncoder(), model_name=DEFAULT_MODEL)
+    old.backfill_embeddings()
+    assert old.model_counts() == {DEFAULT_MODEL: 3}
+    _shut(old)
+    before = _files(tmp_path)
+    with pytest.raises(ModelConflictError) as caught:
+        NotesDB(str(tmp_path / "old.db"), encoder=PlainEncoder())
+    message = str(caught.value)
+    # What to do: name the encoder as before (if it really is that model), or re-embed.
+    assert f"model_name={DEFAULT_MODEL!r}" in message
+    assert "allow_model_change=True" in message and "backfill_embeddings()" in message
+    assert _files(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- item 29
+
+
+class BrokenEncoder(PlainEncoder):
+    model_name = "broken"
+
+    def encode(self, texts, batch_size=None):
+        raise RuntimeError("CUDA out of memory")
+
+
+def test_encoder_failure_is_an_encoding_error_everywhere(tmp_path):
+    db = _notes(tmp_path / "b.db", encoder=BrokenEncoder())
+    calls = {
+        "search_by_text": lambda: db.search_by_text("alpha"),
+        "encode_text": lambda: db.encode_text("alpha"),
+        "encode_texts": lambda: db.encode_texts(["alpha", "beta"]),
+        "add_embedding": lambda: db.add_embedding(1, {"body": "alpha"}, "note"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(EncodingError, match="encoder failed: RuntimeError: CUDA out of") as caught:
+            call()
+        assert not isinstance(caught.value, ValueError), name  # not the caller's bad input
+        causes, error = [], caught.value
+        while error is not None:
+            causes.append(type(error))
+            error = error.__cause__
+        assert RuntimeError in causes, name  # the original error is kept for debugging
+    _shut(db)
+
+
+# --------------------------------------------------------------------------- item 24
+
+# What numpy would quietly turn into numbers, and what the query checks already refused.
+BAD_OUTPUTS = [
+    ("strings", lambda v: [[str(x) for x in row] for row in v], "str"),
+    ("string array", lambda v: v.astype(str), "str"),
+    ("complex", lambda v: v.astype(np.complex128) + 1j, "complex"),
+    ("bool array", lambda v: v > 0, "bool"),
+    ("a bool among floats", lambda v: [[True] + row.tolist()[1:] for row in v], "bool"),
+    ("None", lambda v: [[None] + row.tolist()[1:] for row in v], "None"),
+    ("objects", lambda v: v.astype(object) * 1, "object"),
+    ("NaN", lambda v: np.where(np.arange(DIM) == 0, math.nan, v), "NaN"),
+    ("inf", lambda v: np.where(np.arange(DIM) == 0, math.inf, v), "infinity"),
+    ("zeros", lambda v: np.zeros_like(v), "all zeros"),
+    ("wrong dimension", lambda v: v[:, :-1], f"{DIM - 1} dimensions"),
+]
+
+
+class Corrupting(HashingEncoder):
+    """The hashing encoder, its output passed through ``corrupt``."""
+
+    def __init__(self, corrupt):
+        super().__init__(DIM)
+        self.corrupt = corrupt
+
+    def encode(self, texts, batch_size=None):
+        return self.corrupt(super().encode(texts).astype(np.float64))
+
+
+@pytest.mark.parametrize(("case", "corrupt", "message"), BAD_OUTPUTS, ids=[c[0] for c in BAD_OUTPUTS])
+def test_encoder_output_and_query_vectors_obey_one_rule(tmp_path, case, corrupt, message):
+    good = _notes(tmp_path / "n.db", encoder=HashingEncoder(DIM))
+    good.backfill_embeddings()
+    _shut(good)
+    query = corrupt(HashingEncoder(DIM).encode(["alpha beta"]).astype(np.float64))
+    query_row = query[0] if not isinstance(query, list) else query[0]
+    db = NotesDB(str(tmp_path / "n.db"), encoder=Corrupting(corrupt))
+    before = _files(tmp_path)
+    with pytest.raises(InvalidVectorError, match=message) as by_vector:
+        db.search_by_vector(query_row)
+    with pytest.raises(EncodingError, match=message) as by_text:
+        db.search_by_text("alpha beta")
+    assert str(by_vector.value) in str(by_text.value)  # the same words both ways
+    db.add_note("a new note")
+    result = db.backfill_embeddings()
+    assert (result.embedded, result.failed) == (0, 1) and message.split()[0] in result.failures[0][1]
+    assert db.model_counts() == {f"hash:{DIM}": 3}
+    db.conn.execute("DELETE FROM notes WHERE body = 'a new note'")
+    db.conn.commit()
+    _shut(db)
+    assert {k: v for k, v in tree_digest(tmp_path).items() if not k.startswith("n.db")} == {
+        k: v for k, v in before.items() if not k.startswith("n.db")
+    }
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        lambda v: v.astype(np.float32),
+        lambda v: v.astype(np.float16),
+        lambda v: np.rint(v * 4).astype(np.int64),
+        lambda v: v.tolist(),
+        lambda v: [tuple(row) for row in v.tolist()],
+        lambda v: [np.asarray(row) for row in v],
+    ],
+    ids=["float32", "float16", "int64", "lists", "tuples", "list of arrays"],
+)
+def test_real_numbers_are_accepted_both_ways(tmp_path, output):
+    db = _notes(tmp_path / "n.db", encoder=Corrupting(output))
+    assert db.backfill_embeddings().embedded == 3
+    query = output(HashingEncoder(DIM).encode(["gamma delta"]).astype(np.float64))
+    assert db.search_by_vector(query[0], top_k=1)[0][0] == "2"
+    assert db.search_by_text("gamma delta", top_k=1)[0][0] == "2"
+    _shut(db)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import EmbeddingError, InvalidInputError
+from .errors import BackendUnavailableError, EmbeddingError, InvalidInputError, ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,39 @@ class SentenceTransformerEncoder:
         return self._model
 
     def _load(self):
+        """Load the model once; a failure is remembered for the process (see ``_failures``)."""
+        failure = _failures.get(self.model_name)
+        if failure is not None:
+            raise type(failure)(str(failure))  # a fresh error: tracebacks must not pile up
+        try:
+            return self._load_model()
+        except ImportError as exc:
+            error: EmbeddingError = BackendUnavailableError(
+                f"model {self.model_name!r} needs the 'sentence-transformers' package: "
+                f"pip install sentence-transformers ({exc})"
+            )
+            cause: BaseException = exc
+        except EmbeddingError as exc:  # already says what to do
+            _failures[self.model_name] = exc
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the loader raised, said once
+            error = ModelUnavailableError(
+                f"model {self.model_name!r} could not be loaded ({type(exc).__name__}: {exc}): "
+                "check the folder or reinstall it, or pass model_name= another model"
+            )
+            cause = exc
+        _failures[self.model_name] = error
+        raise error from cause
+
+    def _load_model(self):
         location = self.model_name
         if self.model_name in _DEFAULT_ALIASES:
             location = default_model_path()
             # The weights are local; make sure nothing tries the hub.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        else:
+            location = find_model(self.model_name)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a library prints no bars
         import torch
         import transformers
@@ -84,7 +111,8 @@ class SentenceTransformerEncoder:
             torch.set_num_threads(max(1, int(threads)))
         transformers.utils.logging.disable_progress_bar()
         log.info("loading sentence-transformers model %s from %s", self.model_name, location)
-        return SentenceTransformer(location, device=self.device)
+        # Local files only: a hub download retried with backoff for every text hangs offline.
+        return SentenceTransformer(location, device=self.device, local_files_only=True)
 
     @property
     def dimension(self) -> int:
@@ -101,6 +129,39 @@ class SentenceTransformerEncoder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+#: Model names that failed to load in this process, with the error to raise again at once.
+_failures: dict[str, EmbeddingError] = {}
+
+
+def find_model(model_name: str) -> str:
+    """Where ``model_name`` is on this machine: a local folder, or a name in the Hugging Face
+    cache (as sentence-transformers resolves it). Checked before importing torch (~10 s), so a
+    mistyped name fails in milliseconds; nothing is ever downloaded."""
+    folder = os.path.expanduser(model_name)
+    if os.path.isdir(folder):
+        return folder
+    candidates = [model_name]
+    if "/" not in model_name:  # sentence-transformers tries its own organisation too
+        candidates.append(f"sentence-transformers/{model_name}")
+    caches = [os.environ.get("SENTENCE_TRANSFORMERS_HOME")]
+    try:
+        from huggingface_hub import constants
+
+        caches.append(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - comes with sentence-transformers
+        return model_name  # sentence-transformers (if any) decides, offline
+    for cache in filter(None, caches):
+        for repo in candidates:
+            if os.path.isdir(os.path.join(cache, "models--" + repo.replace("/", "--"), "snapshots")):
+                return model_name
+    raise ModelUnavailableError(
+        f"model {model_name!r} is not installed: it is not a local folder and the Hugging Face "
+        f"cache ({constants.HF_HUB_CACHE}) has no copy of it. Check the name (the default is "
+        f"{DEFAULT_MODEL!r}); download it once with `hf download {candidates[-1]}`, or pass "
+        "model_name= the path of a local copy. Models are never downloaded while encoding."
+    )
 
 
 class HashingEncoder:

@@ -37,3 +37,8 @@ class CorruptIndexError(EmbeddingError):
 
 class EncodingError(EmbeddingError):
     """The encoder (model) failed on a text: not the caller's input at fault."""
+
+
+class ModelUnavailableError(BackendUnavailableError, EncodingError):
+    """A model that is not installed here (not a local folder, not in the Hugging Face cache)
+    or that failed to load; remembered, so later texts fail at once instead of retrying."""

@@ -47,6 +47,7 @@ from .errors import (
     EncodingError,
     InvalidInputError,
     ModelConflictError,
+    ModelUnavailableError,
     StoreConflictError,
 )
 from .live_index import LiveIndex
@@ -394,6 +395,8 @@ class EmbeddableDBMixin:
         """One model call for the batch; if it fails, encode one by one to find the culprit."""
         try:
             return list(self.encode_texts(texts))
+        except ModelUnavailableError:
+            raise  # no model: every text would fail the same way, so the whole call does
         except Exception as batch_error:  # noqa: BLE001
             if len(texts) == 1:
                 failures.append((prepared[0][0], _as_encoding_error(batch_error)))

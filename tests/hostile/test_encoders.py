@@ -222,3 +222,92 @@ def test_real_numbers_are_accepted_both_ways(tmp_path, output):
     assert db.search_by_vector(query[0], top_k=1)[0][0] == "2"
     assert db.search_by_text("gamma delta", top_k=1)[0][0] == "2"
     _shut(db)
+
+
+# --------------------------------------------------------------------------- item 12
+
+_MISTYPED = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from conftest import NotesDB
+from embeddable_db import encoder as enc
+from embeddable_db.errors import BackendUnavailableError, EncodingError
+
+attempts = []
+real_find = enc.find_model
+def counting_find(name):
+    attempts.append(name)
+    return real_find(name)
+enc.find_model = counting_find
+
+db = NotesDB({db!r}, model_name={name!r})
+for i in range(5):
+    db.add_note(f"note {{i}} about databases")
+errors = []
+for call in (db.backfill_embeddings, lambda: db.search_by_text("databases"),
+             lambda: db.add_embedding(1, {{"body": "note"}}, "note")):
+    try:
+        call()
+        errors.append(None)
+    except (BackendUnavailableError, EncodingError) as exc:
+        errors.append([type(exc).__name__, str(exc)])
+heavy = sorted(m for m in ("torch", "sentence_transformers", "transformers") if m in sys.modules)
+print(json.dumps({{"errors": errors, "attempts": attempts, "heavy": heavy,
+                  "stored": db.embedding_count()}}))
+db.close()
+"""
+
+
+@pytest.mark.parametrize("name", ["no-such-org/all-MiniLM-L6-v3", "all-MiniLM-L6-v3"])
+def test_mistyped_model_name_fails_once_and_fast_offline(tmp_path, name):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "TRANSFORMERS_", "SENTENCE_TRANSFORMERS_"))}
+    env.update(HF_HOME=str(tmp_path / "hf"), HTTPS_PROXY="http://127.0.0.1:9",
+               HTTP_PROXY="http://127.0.0.1:9")  # offline: an empty cache, no network
+    script = _MISTYPED.format(tests=str(Path(__file__).parents[1]), db=str(tmp_path / "n.db"),
+                              name=name)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    first, *later = report["errors"]
+    assert first is not None and first[0] == "ModelUnavailableError"
+    message = first[1]
+    assert repr(name) in message and "not installed" in message
+    assert "hf download" in message and "model_name=" in message  # how to fix it
+    for error in later:  # remembered: the same error at once, without a second attempt
+        assert error is not None and error[0] == "ModelUnavailableError"
+        assert repr(name) in error[1] and "not installed" in error[1]
+    assert report["attempts"] == [name], "the model was looked for more than once"
+    assert report["heavy"] == [], "torch was imported before the name was found to be wrong"
+    assert report["stored"] == 0
+
+
+def test_a_model_that_fails_to_load_is_not_loaded_again(tmp_path, monkeypatch):
+    """A cached but broken model (or any load error): one attempt, then the same error."""
+    from embeddable_db import encoder as enc
+    from embeddable_db.errors import ModelUnavailableError
+
+    monkeypatch.setattr(enc, "_failures", {})
+    attempts = []
+
+    def broken_load(self):
+        attempts.append(self.model_name)
+        raise OSError("Unable to load weights from pytorch checkpoint file")
+
+    monkeypatch.setattr(enc.SentenceTransformerEncoder, "_load_model", broken_load)
+    db = _notes(tmp_path / "n.db", model_name="acme/half-downloaded")
+    for _ in range(2):
+        with pytest.raises(ModelUnavailableError, match="'acme/half-downloaded' could not be loaded"):
+            db.backfill_embeddings()
+    with pytest.raises(EncodingError, match="Unable to load weights"):
+        db.search_by_text("alpha")
+    assert attempts == ["acme/half-downloaded"]
+    assert db.embedding_count() == 0
+    _shut(db)

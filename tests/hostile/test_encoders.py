@@ -311,3 +311,161 @@ def test_a_model_that_fails_to_load_is_not_loaded_again(tmp_path, monkeypatch):
     assert attempts == ["acme/half-downloaded"]
     assert db.embedding_count() == 0
     _shut(db)
+
+
+# --------------------------------------------------------------------------- item 8
+
+ONNX_TEXTS = [
+    "hello",
+    "How do I reset my password?",
+    "Semantic search ranks rows by the cosine similarity of their embeddings.",
+    "Ünïcödé: naïve café, 日本語のテキスト 🙂",
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_mod():
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    pytest.importorskip("onnx", reason="onnx is not installed")
+    from embeddable_db import onnx_encoder
+
+    return onnx_encoder
+
+
+@pytest.fixture(scope="module")
+def pristine_export(onnx_mod):
+    """The verified export in the user cache, shared with tests/test_onnx_encoder.py: made
+    (once, ~1 min) only when this machine has none that passes its integrity check."""
+    path = onnx_mod.default_onnx_path()
+    if onnx_mod.check_export(path) is not None:
+        onnx_mod.export_onnx(out_path=path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def torch_vectors(real_encoder):
+    return real_encoder.encode(ONNX_TEXTS)
+
+
+def _export_files(mod, pristine):
+    import json
+
+    record = json.loads(mod.integrity_path(pristine).read_text())
+    return [pristine.parent / name for name in record["files"]] + [mod.integrity_path(pristine)]
+
+
+def _tmp_cache(mod, pristine, tmp_path, monkeypatch, *, record=True):
+    """A copy of the pristine export in a cache folder of the test's own."""
+    import shutil
+
+    monkeypatch.setenv(mod.CACHE_ENV, str(tmp_path / "cache"))
+    folder = mod.cache_dir()
+    folder.mkdir(parents=True)
+    for file in _export_files(mod, pristine):
+        if record or not file.name.endswith(mod.INTEGRITY_SUFFIX):
+            shutil.copy2(file, folder / file.name)
+    path = mod.default_onnx_path()
+    assert path.name == pristine.name
+    return path
+
+
+def _crafted_graph(mod, path):
+    """A valid ONNX file that claims to be MiniLM and returns vectors of no meaning."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(0).normal(size=(1, 384)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["input_ids"], ["ids"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["ids"], ["mean"], axes=[1], keepdims=1),
+            helper.make_node("MatMul", ["mean", "w"], ["sentence_embedding"]),
+        ],
+        "crafted",
+        [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "seq"])
+         for name in ("input_ids", "attention_mask")],
+        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", 384])],
+        initializer=[numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    entry = model.metadata_props.add()
+    entry.key, entry.value = mod.METADATA_MODEL_NAME, DEFAULT_MODEL
+    onnx.save(model, str(path))
+
+
+def _change_weights(mod, path):
+    data = next(path.parent.glob(f"{path.name}.*.data"))
+    with open(data, "r+b") as handle:  # a valid file still, with other weights
+        handle.seek(data.stat().st_size // 2)
+        block = handle.read(1 << 16)
+        handle.seek(-len(block), 1)
+        handle.write(bytes(reversed(block)))
+
+
+TAMPERINGS = {
+    "weights changed": (_change_weights, "sha256 mismatch"),
+    "graph swapped": (_crafted_graph, "sha256 mismatch"),
+    "record missing": (lambda mod, path: mod.integrity_path(path).unlink(), "missing"),
+}
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("tampering", list(TAMPERINGS))
+def test_tampered_onnx_cache_is_exported_again(
+    onnx_mod, pristine_export, torch_vectors, tmp_path, monkeypatch, caplog, tampering
+):
+    import logging
+    import shutil
+
+    mod = onnx_mod
+    path = _tmp_cache(mod, pristine_export, tmp_path, monkeypatch)
+    tamper, reason = TAMPERINGS[tampering]
+    tamper(mod, path)
+    exports = []
+    real_export = mod.export_onnx
+
+    def counted_export(model_dir=None, out_path=None, **options):
+        exports.append(out_path)
+        if tampering != "record missing":  # one real export per run is enough: copy the rest
+            for file in _export_files(mod, pristine_export):
+                shutil.copy2(file, path.parent / file.name)
+            return path
+        return real_export(model_dir, out_path, **options)
+
+    monkeypatch.setattr(mod, "export_onnx", counted_export)
+    with caplog.at_level(logging.WARNING, logger=mod.__name__):
+        encoder = mod.OnnxEncoder(threads=1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "cannot be trusted" in warnings[0], warnings
+    assert reason in warnings[0] and "exporting it again" in warnings[0]
+    assert exports == [path]
+    assert encoder.model_name == DEFAULT_MODEL and encoder.onnx_path == path
+    cosines = (encoder.encode(ONNX_TEXTS) * torch_vectors).sum(axis=1)
+    assert cosines.min() >= 0.9999, cosines
+    assert mod.check_export(path) is None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=mod.__name__):
+        mod.OnnxEncoder(threads=1)  # trusted now: no warning, no export
+    assert not caplog.records and len(exports) == 1
+    assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.model
+def test_onnx_file_claiming_the_torch_model_without_a_record_is_not_believed(
+    onnx_mod, pristine_export, tmp_path, monkeypatch, caplog
+):
+    import logging
+
+    mod = onnx_mod
+    unverified = _tmp_cache(mod, pristine_export, tmp_path, monkeypatch, record=False)
+    with caplog.at_level(logging.WARNING, logger=mod.__name__):
+        encoder = mod.OnnxEncoder(onnx_path=unverified, threads=1)
+    assert encoder.model_name == f"{DEFAULT_MODEL}@onnx:{unverified.stem}"
+    assert "not a verified export" in caplog.text and "export_onnx()" in caplog.text
+    crafted = tmp_path / "crafted.onnx"
+    _crafted_graph(mod, crafted)
+    assert mod.OnnxEncoder(onnx_path=crafted, threads=1).model_name != DEFAULT_MODEL
+    # With its record, the same file is the torch model again.
+    verified = mod.OnnxEncoder(onnx_path=pristine_export, threads=1)
+    assert verified.model_name == DEFAULT_MODEL

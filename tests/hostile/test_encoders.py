@@ -469,3 +469,14 @@ def test_onnx_file_claiming_the_torch_model_without_a_record_is_not_believed(
     # With its record, the same file is the torch model again.
     verified = mod.OnnxEncoder(onnx_path=pristine_export, threads=1)
     assert verified.model_name == DEFAULT_MODEL
+
+
+def test_missing_model_folder_is_named(tmp_path):
+    from embeddable_db.errors import ModelUnavailableError
+
+    folder = tmp_path / "models" / "my-fine-tuned-model"
+    db = _notes(tmp_path / "n.db", model_name=str(folder))
+    with pytest.raises(ModelUnavailableError, match="there is no folder") as caught:
+        db.search_by_text("alpha")
+    assert str(folder) in str(caught.value) and "model_name=" in str(caught.value)
+    _shut(db)

@@ -260,7 +260,7 @@ def model_identity(model_name: str | None, encoder: Any | None) -> str:
         for attribute in ("model_name", "name"):
             name = getattr(encoder, attribute, None)
             if isinstance(name, str) and name.strip():
-                return name
+                return DEFAULT_MODEL if name in _DEFAULT_ALIASES else name
         if model_name is None:
             kind = type(encoder)
             identity = f"{CUSTOM_MODEL_PREFIX}{kind.__module__}.{kind.__qualname__}"

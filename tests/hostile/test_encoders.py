@@ -92,6 +92,11 @@ def test_an_encoder_is_named_by_model_name_or_its_own_attribute(tmp_path):
     default = NotesDB(str(tmp_path / "d.db"))  # no encoder: the default model (not loaded)
     assert default.model_id == DEFAULT_MODEL
     _shut(default)
+    from embeddable_db import get_encoder
+
+    short = NotesDB(str(tmp_path / "d.db"), encoder=get_encoder("all-MiniLM-L6-v2"))
+    assert short.model_id == DEFAULT_MODEL  # the short alias names the same vectors
+    _shut(short)
 
 
 def test_databases_do_not_name_an_unnamed_encoder_after_the_default(tmp_path):

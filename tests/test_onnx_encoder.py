@@ -69,9 +69,10 @@ def mod():
 
 @pytest.fixture(scope="module")
 def onnx_file(mod) -> Path:
-    """The cached fp32 export, made now if this machine has none yet."""
+    """The cached fp32 export, made now if this machine has none yet (or none that passes its
+    integrity check)."""
     path = mod.default_onnx_path()
-    if not path.is_file():
+    if mod.check_export(path) is not None:
         mod.export_onnx(out_path=path)
     return path
 
@@ -197,7 +198,9 @@ def test_fresh_export_is_atomic_and_verified(mod, encoder, tmp_path):
     out = tmp_path / "cache" / "model.onnx"
     assert mod.export_onnx(out_path=out) == out
     names = sorted(p.name for p in out.parent.iterdir())
-    assert names[0] == "model.onnx" and len(names) == 2 and names[1].endswith(".data"), names
+    assert len(names) == 3 and names[0] == "model.onnx", names
+    assert names[1].endswith(".data") and names[2] == "model.onnx.sha256.json", names
+    assert mod.check_export(out) is None
     fresh = mod.OnnxEncoder(onnx_path=out)
     assert fresh.model_name == DEFAULT_MODEL
     np.testing.assert_allclose(fresh.encode(TEXTS), encoder.encode(TEXTS), atol=1e-5)

@@ -11,6 +11,7 @@ from .errors import (
     InvalidInputError,
     InvalidVectorError,
     ModelConflictError,
+    ModelUnavailableError,
     ReadOnlyError,
     StoreConflictError,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidVectorError",
     "ModelConflictError",
+    "ModelUnavailableError",
     "ReadOnlyError",
     "SentenceTransformerEncoder",
     "StoreConflictError",

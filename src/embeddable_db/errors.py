@@ -46,3 +46,8 @@ class ClosedStoreError(EmbeddingError):
 class ReadOnlyError(EmbeddingError):
     """A write to a store opened with ``read_only=True``, or to a database that cannot be
     written (a read-only file, folder or mount)."""
+
+
+class ModelUnavailableError(BackendUnavailableError, EncodingError):
+    """A model that is not installed here (not a local folder, not in the Hugging Face cache)
+    or that failed to load; remembered, so later texts fail at once instead of retrying."""

@@ -55,6 +55,7 @@ from .errors import (
     EncodingError,
     InvalidInputError,
     ModelConflictError,
+    ModelUnavailableError,
     StoreConflictError,
 )
 from .handle import EmptyStore, Handle, SharedLock, file_ids, open_store
@@ -167,7 +168,7 @@ class EmbeddableDBMixin:
         backend: str = "annoy",
         index_path: str | os.PathLike | None = None,
         metadata_path: str | os.PathLike | None = None,
-        model_name: str = DEFAULT_MODEL,
+        model_name: str | None = None,
         embedding_version: int = 1,
         encoder: Any | None = None,
         index_type: str | None = None,
@@ -187,6 +188,8 @@ class EmbeddableDBMixin:
         self._backend_cls = get_backend(backend)
         self._backend_options = self._check_backend_options(index_type, index_options)
         embedding_version = check.check_embedding_version(embedding_version)
+        model_given = model_name is not None  # None: the default model, or the encoder's own name
+        model_name = DEFAULT_MODEL if model_name is None else model_name
         if not isinstance(model_name, str) or not model_name.strip():
             raise InvalidInputError(f"model_name must be a non-empty str, got {model_name!r}")
         if encoder is not None and not callable(getattr(encoder, "encode", None)):
@@ -200,7 +203,7 @@ class EmbeddableDBMixin:
         self.embedding_version = embedding_version
         check_model_backend(model_name, model_backend)
         self.model_backend = model_backend
-        self.model_id = model_identity(model_name, encoder)
+        self.model_id = model_identity(model_name if model_given else None, encoder)
         self._encoder = encoder
         self.index_path, self.metadata_path = self._resolve_paths(conn, index_path, metadata_path)
         self._handle = Handle(read_only)
@@ -346,17 +349,21 @@ class EmbeddableDBMixin:
         ]
         if not texts:
             return np.empty((0, self.dimension or 0), np.float32)
-        raw = self.encoder.encode(texts)
         try:
-            array = np.asarray(raw, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise EmbeddingError(f"encoder returned something that is not numbers ({exc})") from exc
-        if array.ndim != 2 or array.shape[0] != len(texts):
-            raise EmbeddingError(
-                f"encoder returned shape {array.shape} for {len(texts)} texts; "
+            raw = self.encoder.encode(texts)
+            vectors = check.check_rows(raw, self.dimension, self.model_id)
+        except check.InvalidVectorError as exc:  # the encoder's output, not the caller's input
+            raise EncodingError(f"the encoder returned unusable vectors: {exc}") from exc
+        except EmbeddingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the same error type from every caller
+            raise _as_encoding_error(exc) from exc
+        if vectors.shape[0] != len(texts):
+            raise EncodingError(
+                f"the encoder returned {vectors.shape[0]} vectors for {len(texts)} texts; "
                 "encode(list[str]) must return one row per text"
             )
-        return check.check_rows(array, self.dimension, self.model_id)
+        return vectors
 
     def encode_text(self, text: Any) -> list[float]:
         return self.encode_texts([text])[0].tolist()
@@ -412,6 +419,8 @@ class EmbeddableDBMixin:
         """One model call for the batch; if it fails, encode one by one to find the culprit."""
         try:
             return list(self.encode_texts(texts))
+        except ModelUnavailableError:
+            raise  # no model: every text would fail the same way, so the whole call does
         except Exception as batch_error:  # noqa: BLE001
             if len(texts) == 1:
                 failures.append((prepared[0][0], _as_encoding_error(batch_error)))

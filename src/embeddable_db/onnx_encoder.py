@@ -14,6 +14,13 @@ match torch's (cosine >= 0.9999), so it keeps the identity
 ``"sentence-transformers/all-MiniLM-L6-v2"``; the identity travels inside the ONNX file's
 metadata, so a different (e.g. quantised) file cannot pass itself off as the torch model.
 
+The cache path is predictable, so nothing in it is believed unchecked: each export writes an
+integrity record beside it (``<file>.sha256.json``: the sha256 of the graph and of its weights,
+and of the model files it was made from, tokenizer included). A cached file whose record is
+missing or does not match (bytes changed, file swapped, other model files) is exported again,
+with a warning; a file given as ``onnx_path`` that claims the torch model's identity without a
+matching record is named ``"<model>@onnx:<file stem>"`` instead.
+
 This module imports nothing from the rest of ``embeddable_db``: it works stand-alone.
 """
 
@@ -26,6 +33,7 @@ import json
 import logging
 import os
 import re
+import stat
 import time
 import uuid
 from collections.abc import Sequence
@@ -47,7 +55,9 @@ __all__ = [
     "default_model_dir",
     "default_onnx_path",
     "default_threads",
+    "check_export",
     "export_onnx",
+    "integrity_path",
 ]
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -58,6 +68,11 @@ METADATA_MODEL_NAME = "embeddable_db.model_name"
 METADATA_VARIANT = "embeddable_db.variant"
 #: Bump when the exported graph changes, so stale cache files are not reused.
 EXPORT_FORMAT = "1"
+#: Bump when the integrity record (``<export>.sha256.json``) changes shape.
+INTEGRITY_FORMAT = 1
+INTEGRITY_SUFFIX = ".sha256.json"
+#: Seconds to wait for another process's export of the same cache file.
+EXPORT_LOCK_TIMEOUT = 900.0
 #: Cosine the exported graph must reach against torch on the probe texts, or the export fails.
 EXPORT_MIN_COSINE = 0.9999
 _MAX_DEFAULT_THREADS = 4
@@ -254,8 +269,7 @@ class OnnxEncoder:
 
         if onnx_path is None:
             path = default_onnx_path(self.model_dir)
-            if not path.is_file():
-                export_onnx(self.model_dir, path)
+            _ensure_trusted_export(self.model_dir, path)
             self.onnx_path = path
         else:
             self.onnx_path = Path(onnx_path)
@@ -301,8 +315,18 @@ class OnnxEncoder:
 
         meta = self._session.get_modelmeta().custom_metadata_map or {}
         name = meta.get(METADATA_MODEL_NAME)
+        identity = _model_identity(self.model_dir)
+        if name == identity and onnx_path is not None:  # a claim to be the torch model: check it
+            problem = check_export(self.onnx_path, self.model_dir)
+            if problem is not None:
+                name = None
+                log.warning(
+                    "%s claims to be %s but is not a verified export of it (%s): its vectors "
+                    "are named %s@onnx:%s; make the file with export_onnx() to use it as %s",
+                    self.onnx_path, identity, problem, identity, self.onnx_path.stem, identity,
+                )
         if not name:
-            name = f"{_model_identity(self.model_dir)}@onnx:{self.onnx_path.stem}"
+            name = f"{identity}@onnx:{self.onnx_path.stem}"
         self.model_name: str = name
         self.variant: str = meta.get(METADATA_VARIANT, "unknown")
         self.calls = 0
@@ -416,6 +440,146 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+# --------------------------------------------------------------------------- integrity
+
+
+def integrity_path(onnx_path: str | os.PathLike[str]) -> Path:
+    """The integrity record of an export: ``<file>.sha256.json`` beside it."""
+    path = Path(onnx_path)
+    return path.with_name(path.name + INTEGRITY_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a regular file (a FIFO or device planted in the cache would block or never end)."""
+    with open(path, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _source_files(model_dir: Path) -> list[tuple[str, Path]]:
+    """The model files an export is made from and the encoder reads: config, tokenizer, weights."""
+    tdir = _transformer_dir(model_dir)
+    files = [model_dir / "modules.json"] + [
+        tdir / name for name in ("config.json", "tokenizer.json", "model.safetensors",
+                                 "pytorch_model.bin")
+    ]
+    return [(path.relative_to(model_dir).as_posix(), path) for path in files if path.is_file()]
+
+
+def _describe_source(model_dir: Path, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each source file's sha256, size and mtime. A large file (the weights) whose size and
+    mtime match ``known`` keeps its recorded hash: the installed model is trusted, the cache is
+    not, and hashing 90 MB of weights again would double the cost of opening an export."""
+    out: dict[str, Any] = {}
+    for name, path in _source_files(model_dir):
+        info = path.stat()
+        entry: dict[str, Any] = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
+        old = (known or {}).get(name)
+        if (
+            info.st_size > 1 << 20
+            and isinstance(old, dict)
+            and old.get("size") == info.st_size
+            and old.get("mtime_ns") == info.st_mtime_ns
+            and isinstance(old.get("sha256"), str)
+        ):
+            entry["sha256"] = old["sha256"]
+        else:
+            entry["sha256"] = _sha256(path)
+        out[name] = entry
+    return out
+
+
+def _write_integrity(onnx_path: Path, data_files: list[Path], model_dir: Path) -> None:
+    """Record the hashes of a fresh export, atomically (temporary file, fsync, rename)."""
+    record = {
+        "format": INTEGRITY_FORMAT,
+        "files": {path.name: _sha256(path) for path in [onnx_path, *data_files]},
+        "source": _describe_source(model_dir),
+    }
+    target = integrity_path(onnx_path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_export(
+    onnx_path: str | os.PathLike[str], model_dir: str | os.PathLike[str] | None = None
+) -> str | None:
+    """Why the export at ``onnx_path`` cannot be trusted as made from ``model_dir`` by
+    :func:`export_onnx`, or None when its integrity record matches the files byte for byte."""
+    path = Path(onnx_path)
+    mdir = Path(model_dir) if model_dir is not None else default_model_dir()
+    record_file = integrity_path(path)
+    try:
+        with open(record_file, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return f"{record_file.name} is not a regular file"
+            record = json.loads(handle.read(1 << 20))
+    except FileNotFoundError:
+        return f"its integrity record {record_file.name} is missing"
+    except (OSError, ValueError) as exc:
+        return f"its integrity record {record_file.name} is unreadable ({exc})"
+    if not isinstance(record, dict):
+        record = {}
+    files, source = record.get("files"), record.get("source")
+    if (
+        record.get("format") != INTEGRITY_FORMAT
+        or not isinstance(files, dict)
+        or not isinstance(source, dict)
+        or path.name not in files
+    ):
+        return f"{record_file.name} is not an integrity record of {path.name}"
+    now = _describe_source(mdir, source)
+    recorded = {name: entry.get("sha256") for name, entry in source.items() if isinstance(entry, dict)}
+    if {name: entry["sha256"] for name, entry in now.items()} != recorded:
+        return f"it was exported from other model files than those in {mdir}"
+    for name, digest in files.items():
+        if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+            return f"{record_file.name} names a file outside the cache folder: {name!r}"
+        try:
+            actual = _sha256(path.parent / name)
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except OSError as exc:
+            return f"{name} cannot be read ({exc})"
+        if actual != digest:
+            return f"{name} differs from the file that was exported (sha256 mismatch)"
+    return None
+
+
+def _ensure_trusted_export(model_dir: Path, path: Path) -> None:
+    """Make sure the cache file at ``path`` is a verified export of ``model_dir``: export it if
+    it is missing, and again, with a warning, if it does not match its integrity record."""
+    if path.exists() and check_export(path, model_dir) is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _export_lock(path):  # one export per cache file at a time; then look again
+        problem = check_export(path, model_dir) if path.exists() else "missing"
+        if problem is None:
+            return  # another process exported it meanwhile
+        if path.exists():
+            log.warning(
+                "the cached ONNX export %s cannot be trusted: %s; exporting it again from %s",
+                path, problem, model_dir,
+            )
+        export_onnx(model_dir, path)
+
+
+def _export_lock(path: Path) -> Any:
+    try:
+        from filelock import FileLock
+    except ImportError:  # pragma: no cover - stand-alone use without filelock
+        return contextlib.nullcontext()
+    return FileLock(str(path.with_name(f".{path.name}.lock")), timeout=EXPORT_LOCK_TIMEOUT)
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -436,7 +600,8 @@ def export_onnx(
     and rejected below cosine 0.9999.
 
     The weights go to a uniquely named ``<out_path name>.<pid>.<random>.data`` next to
-    ``out_path`` (copy both files to move an export); the graph is written under a temporary
+    ``out_path``, and the hashes of both (and of the model files) to ``<out_path
+    name>.sha256.json`` (copy all three files to move an export); the graph is written under a temporary
     name and moved onto ``out_path`` with ``os.replace`` once its weights are complete, so a
     reader never sees a partial export, and concurrent exports cannot clobber each other's
     weights. Weight files of replaced exports are removed once they are an hour old.
@@ -482,6 +647,7 @@ def export_onnx(
             _verify_export(torch, wrapper, tmp, tdir)
         os.replace(tmp, out)
         keep_data = True
+        _write_integrity(out, [data], mdir)
     finally:
         leftovers = [raw, raw.with_name(raw.name + ".data"), tmp]
         if not keep_data:

@@ -235,12 +235,21 @@ def _check_unicode(value: str, what: str) -> None:
         ) from exc
 
 
-def check_rows(matrix: np.ndarray, dim: int | None, model: str | None = None) -> np.ndarray:
-    """The rows of a 2-D float array as ``check_vector`` returns them, checked as one matrix
-    (a backfill batch: ~1 µs a row instead of ~19); a bad row raises ``check_vector``'s error."""
+def check_rows(matrix: Any, dim: int | None, model: str | None = None) -> np.ndarray:
+    """The rows of a 2-D array (an encoder's output) as ``check_vector`` returns them.
+
+    The same rule as ``check_vector``, checked as one matrix (a backfill batch: a few µs a row
+    instead of ~19): what ``check_vector`` refuses in a row is refused here with its message.
+    """
+    matrix = _real_numbers(matrix)
+    if matrix.dtype != _FLOAT32:  # float16 would lose precision, ints cannot be scaled in place
+        matrix = matrix.astype(np.float64)
+    if matrix.ndim != 2:
+        raise InvalidVectorError(
+            f"expected one vector per text (a 2-D array), got shape {matrix.shape}"
+        )
     if (
-        matrix.ndim == 2
-        and matrix.shape[1] > 0
+        matrix.shape[1] > 0
         and (dim is None or matrix.shape[1] == dim)
         and np.isfinite(matrix).all()
     ):
@@ -251,8 +260,50 @@ def check_rows(matrix: np.ndarray, dim: int | None, model: str | None = None) ->
     return np.stack([check_vector(row, dim, model) for row in matrix])
 
 
+_PLAIN_NUMBERS = frozenset({float, int, np.float32, np.float64})
+
+
+def _real_numbers(value: Any) -> np.ndarray:
+    """``value`` as a real (int or float) array, refusing what numpy would convert silently:
+    str ("0.5" parsed), bool, complex (imaginary part dropped), None (made NaN), objects."""
+    if value is None:
+        raise InvalidVectorError("vector is None: pass a list or array of floats")
+    if isinstance(value, str | bytes | bytearray | Mapping):
+        raise InvalidVectorError(f"vector is not a sequence of numbers: {_short(value)}")
+    try:
+        if isinstance(value, list | tuple):
+            _check_elements(value)
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if array.dtype.kind not in "iuf":  # bool, complex, str, bytes, object, dates...
+            raise TypeError(f"it holds {array.dtype.name} values")
+    except (TypeError, ValueError) as exc:
+        raise InvalidVectorError(f"vector is not a sequence of numbers ({exc})") from exc
+    return array
+
+
+def _check_elements(values: list | tuple) -> None:
+    """Refuse elements numpy would turn into numbers: one C-level pass over the types of a row
+    (``[True, 0.5]`` becomes ``[1.0, 0.5]``, ``[0.5, None]`` becomes NaN in an object array)."""
+    types = set(map(type, values))
+    if types <= _PLAIN_NUMBERS:
+        return
+    for kind in types:
+        if kind is list or kind is tuple:
+            for row in values:
+                if isinstance(row, list | tuple):
+                    _check_elements(row)
+        elif kind is type(None):
+            raise TypeError("it contains None")
+        elif issubclass(kind, bool | np.bool_ | str | bytes | bytearray | complex | np.complexfloating):
+            raise TypeError(f"it holds {kind.__name__} values")
+
+
 def check_vector(vector: Any, dim: int | None, model: str | None = None) -> np.ndarray:
-    """A finite, non-zero 1-D vector of the store's dimension, returned L2-normalised float32."""
+    """A finite, non-zero 1-D vector of the store's dimension, returned L2-normalised float32.
+
+    Accepted: real ints and floats (lists, tuples, numpy arrays); refused: str, bytes, bool,
+    complex, objects, None, NaN/inf, all zeros, the wrong dimension (``check_rows`` agrees).
+    """
     if (
         type(vector) is np.ndarray
         and vector.dtype is _FLOAT32
@@ -262,19 +313,7 @@ def check_vector(vector: Any, dim: int | None, model: str | None = None) -> np.n
         norm = math.sqrt(float(np.dot(vector, vector)))
         if 0.0 < norm < math.inf:
             return vector / np.float32(norm)
-    if vector is None:
-        raise InvalidVectorError("vector is None: pass a list or array of floats")
-    if isinstance(vector, str | bytes | Mapping):
-        raise InvalidVectorError(f"vector is not a sequence of numbers: {_short(vector)}")
-    try:
-        array = np.asarray(vector)
-        if array.dtype.kind in "USVc":  # numpy would parse "0.5", drop imaginary parts
-            raise TypeError(f"it holds {array.dtype.name} values")
-        if array.dtype.kind == "O" and any(value is None for value in array.flat):
-            raise TypeError("it contains None")  # numpy would make it NaN
-        array = array.astype(np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidVectorError(f"vector is not a sequence of numbers ({exc})") from exc
+    array = _real_numbers(vector).astype(np.float64, copy=False)
     if array.ndim != 1 or array.shape[0] == 0:
         raise InvalidVectorError(
             f"vector must be a non-empty 1-D sequence of floats, got shape {array.shape}"

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .. import validation as check
-from ..encoder import DEFAULT_MODEL
 from ..errors import EmbeddingError, InvalidInputError, ReadOnlyError
 from ..handle import connect_read_only, sqlite_error
 from ..mixin import EmbeddableDBMixin
@@ -107,7 +106,7 @@ class RecordDB(EmbeddableDBMixin):
         backend: str = "annoy",
         index_path: str | os.PathLike | None = None,
         metadata_path: str | os.PathLike | None = None,
-        model_name: str = DEFAULT_MODEL,
+        model_name: str | None = None,
         embedding_version: int = 1,
         encoder: Any | None = None,
         data_dir: str | os.PathLike | None = None,

@@ -17,7 +17,8 @@ def _stop(signum, frame):  # Ctrl-C while the library still loads: exit quietly,
     raise SystemExit(130)
 
 
-signal.signal(signal.SIGINT, _stop)
+if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a background job stays immune
+    signal.signal(signal.SIGINT, _stop)
 
 try:
     from embeddable_db.cli import main

@@ -36,7 +36,8 @@ def quit_on_ctrl_c() -> None:
             pass
         raise SystemExit(130)
 
-    signal.signal(signal.SIGINT, stop)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a background job stays immune
+        signal.signal(signal.SIGINT, stop)
 
 
 __all__ = ["main", "quit_on_ctrl_c"]

@@ -272,21 +272,22 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Parse, run, and exit cleanly whatever happens to the output or the user's patience."""
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main_thread else None
-    if main_thread:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not signal.SIG_IGN:  # ignored (a background job): leave it so
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     output = GuardedOutput()
     code = 130
     try:
         code = run(argv, prog or "embeddable-db")
     except KeyboardInterrupt:
-        if main_thread:
+        if previous is not None:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: still this exit
         warn("interrupted")
     finally:
         code = output.finish(code)
-        if main_thread and previous is not None:
+        if previous is not None:
             signal.signal(signal.SIGINT, previous)
     return code
 

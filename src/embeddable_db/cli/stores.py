@@ -73,15 +73,16 @@ def resolve_data_dir(value: str | None) -> Path:
 def recorded_model(db_file: str, table: str) -> str | None:
     """The model the vectors in ``db_file`` were made by (``<table>_meta``), or None.
 
-    Read-only, and it creates nothing: a database without a ``-wal`` file was closed cleanly,
-    so its main file holds everything and is read as immutable (no ``-wal``/``-shm`` made);
-    otherwise SQLite's read-only mode sees the WAL as well. A file that cannot be read gives
-    None: opening it then reports the problem for that database alone.
+    Read-only, and it creates nothing: a database without a ``-wal`` (or ``-journal``) file
+    was closed cleanly, so its main file holds everything and is read as immutable (SQLite's
+    read-only mode alone would create ``-wal`` and ``-shm`` files and leave them); otherwise
+    read-only mode sees the WAL as well. A file that cannot be read gives None: opening it then
+    reports the problem for that database alone (and the store checks the model itself).
     """
     if not os.path.isfile(db_file):
         return None
     uri = Path(db_file).as_uri() + "?mode=ro"
-    if not os.path.exists(db_file + "-wal"):
+    if not any(os.path.exists(db_file + end) for end in ("-wal", "-journal")):
         uri += "&immutable=1"
     meta = f"{table}_meta"  # a class attribute, checked to be an identifier by the store
     try:

@@ -38,13 +38,14 @@ class BackfillInterrupted(KeyboardInterrupt):
 
     def __init__(self, result: BackfillResult) -> None:
         if result.dry_run:
-            said = "dry run: nothing was written"
+            said = "a dry run: nothing was written"
         elif result.last_committed_id is None:
             said = "no batch was committed"
         else:
             said = (f"{result.committed} vectors committed, the last for record "
                     f"{result.last_committed_id!r}")
-        super().__init__(f"backfill interrupted ({said})")
+        super().__init__(f"backfill interrupted: {said} (records were read up to "
+                         f"{result.last_record_id!r})")
         self.result = result
 
 

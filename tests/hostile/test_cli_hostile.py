@@ -433,3 +433,28 @@ def test_read_commands_never_convert_the_index(data, args):
     assert "bot: its index is annoy" in out.stderr and "only backfill and rebuild" in out.stderr
     if args[0] == "search":
         assert json.loads(out.stdout)[0]["record"]["name"] == "invoice-bot"
+
+
+def test_interrupted_backfill_result_names_the_last_committed_record(tmp_path):
+    """``BackfillResult.last_committed_id`` and ``committed``: what SQLite really holds."""
+    from embeddable_db import BackfillInterrupted
+
+    data = tmp_path / "data"
+    big_bot_store(data, 2000)
+    db = REGISTRY["bot"](data_dir=data, model_name=MODEL)
+    batches = []
+
+    def progress(result):
+        batches.append(result.processed)
+        if len(batches) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(BackfillInterrupted) as caught:
+        db.backfill_embeddings(batch_size=20, progress=progress)
+    db.close()
+    result = caught.value.result
+    stored = vectors(data)
+    assert result.committed == len(stored) == 60
+    assert result.last_committed_id in stored
+    assert result.last_record_id not in stored  # read ahead, never committed: not named as such
+    assert f"{result.committed} vectors committed" in str(caught.value)

@@ -120,8 +120,8 @@ def interrupted(name: str | None, result: BackfillResult | None, dry_run: bool) 
     if dry_run:
         return f"interrupted in {name}: a dry run, nothing was written"
     if result is None or result.last_committed_id is None:
-        return (f"interrupted in {name} before any of its vectors were committed: "
-                "run the backfill again to embed them")
+        return (f"interrupted in {name} before a batch of it was committed: run the backfill "
+                "again to finish")
     return (f"interrupted in {name}: {result.committed} vectors were committed and are kept "
             f"(the last for record {result.last_committed_id!r}): run the backfill again to "
             "finish")

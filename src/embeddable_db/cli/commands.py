@@ -272,14 +272,14 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Parse, run, and exit cleanly whatever happens to the output or the user's patience."""
+    output = GuardedOutput()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.getsignal(signal.SIGINT)
-        if previous is not signal.SIG_IGN:  # ignored (a background job): leave it so
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-    output = GuardedOutput()
     code = 130
     try:
+        if previous is not None and previous is not signal.SIG_IGN:  # ignored: a background job
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         code = run(argv, prog or "embeddable-db")
     except KeyboardInterrupt:
         if previous is not None:

@@ -4,8 +4,21 @@
     python scripts/backfill_embeddings.py --db bot workflow --backend annoy --batch-size 200
 """
 
+import signal
 import sys
 from pathlib import Path
+
+
+def _stop(signum, frame):  # Ctrl-C while the library still loads: exit quietly, like later on
+    try:
+        sys.stderr.write("interrupted\n")
+    except (OSError, ValueError):
+        pass
+    raise SystemExit(130)
+
+
+if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a background job stays immune
+    signal.signal(signal.SIGINT, _stop)
 
 try:
     from embeddable_db.cli import main

@@ -749,6 +749,7 @@ class EmbeddableDBMixin:
                     result.embedded += 1
                 else:
                     result.reembedded += 1
+            result.last_committed_id = rows[-1].record_id
         # No rebuild per batch: the backfill's final save builds the index once. Only a delta
         # past BACKFILL_MAX_PENDING is folded in early, to bound memory.
         self._sync()

@@ -19,19 +19,33 @@ class BackfillResult:
     dry_run: bool = False
     interrupted: bool = False
     last_record_id: str | None = None  # the last one read (batches run up to 16 batches behind)
+    #: The last record whose vector was committed: what an interrupted backfill really kept.
+    last_committed_id: str | None = None
 
     @property
     def processed(self) -> int:
         """Records looked at (vectors removed for vanished records are not records)."""
         return self.embedded + self.reembedded + self.unchanged + self.failed
 
+    @property
+    def committed(self) -> int:
+        """Vectors written and committed (0 in a dry run, which writes nothing)."""
+        return 0 if self.dry_run else self.embedded + self.reembedded
 
 
 class BackfillInterrupted(KeyboardInterrupt):
     """Ctrl-C during a backfill: committed batches stay; ``result`` says how far it got."""
 
     def __init__(self, result: BackfillResult) -> None:
-        super().__init__(f"backfill interrupted after record {result.last_record_id!r}")
+        if result.dry_run:
+            said = "a dry run: nothing was written"
+        elif result.last_committed_id is None:
+            said = "no batch was committed"
+        else:
+            said = (f"{result.committed} vectors committed, the last for record "
+                    f"{result.last_committed_id!r}")
+        super().__init__(f"backfill interrupted: {said} (records were read up to "
+                         f"{result.last_record_id!r})")
         self.result = result
 
 

@@ -27,3 +27,18 @@ def tree_digest(folder: str | os.PathLike) -> dict[str, str]:
         if path.is_file() and not path.is_symlink():
             out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
+
+
+_EMPTY = hashlib.sha256(b"").hexdigest()
+
+
+def user_visible_digest(folder: str | os.PathLike) -> dict[str, str]:
+    """``tree_digest`` without what SQLite itself makes for a read-only reader of a WAL
+    database: its shared-memory ``-shm`` file and an empty ``-wal``. A reader needs them to
+    read safely while another process writes; a ``-wal`` with anything in it is kept, so a
+    write still shows."""
+    return {
+        name: digest
+        for name, digest in tree_digest(folder).items()
+        if not name.endswith("-shm") and not (name.endswith("-wal") and digest == _EMPTY)
+    }

@@ -6,7 +6,7 @@ the mixin's embeddings table; see ``_base.RecordDB`` for what they have in commo
 
 from __future__ import annotations
 
-from ._base import DEFAULT_HOME, HOME_ENV, RecordDB, SearchHit
+from ._base import DEFAULT_HOME, HOME_ENV, RecordDB, SearchHit, data_home
 from .bot import BotDB, BotRecord
 from .enhancement import Enhancement, EnhancementDB
 from .error import Discrepancy, ErrorDB, ErrorRecord, KnownError, TelemetryEvent
@@ -22,7 +22,7 @@ REGISTRY: dict[str, type[RecordDB]] = {
 }
 
 __all__ = [
-    "REGISTRY", "DEFAULT_HOME", "HOME_ENV", "RecordDB", "RecordFormatError", "SearchHit",
+    "REGISTRY", "DEFAULT_HOME", "HOME_ENV", "data_home", "RecordDB", "RecordFormatError", "SearchHit",
     "BotDB", "BotRecord", "WorkflowDB", "WorkflowRecord", "EnhancementDB", "Enhancement",
     "ErrorDB", "ErrorRecord", "KnownError", "Discrepancy", "TelemetryEvent",
     "InfoDB", "ResearchItem", "InformationDB", "InformationRecord",

@@ -58,6 +58,14 @@ def serialised(method: Callable) -> Callable:
     return locked
 
 
+def data_home(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data directory, absolute and with ``~`` expanded, so that every file of a command
+    (databases, indexes, locks) lands under one folder: ``data_dir``, else
+    ``$EMBEDDABLE_DB_HOME``, else ``./data``."""
+    home = data_dir if data_dir is not None else os.environ.get(HOME_ENV) or DEFAULT_HOME
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(home))))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class SearchHit:
     """One search result, the same shape for all six databases.
@@ -182,8 +190,7 @@ class RecordDB(EmbeddableDBMixin):
             db_file = ":memory:"
         else:
             if path is None:
-                home = data_dir if data_dir is not None else os.environ.get(HOME_ENV) or DEFAULT_HOME
-                path = Path(home) / cls.name / f"{cls.name}.db"
+                path = data_home(data_dir) / cls.name / f"{cls.name}.db"
             db_file = os.path.abspath(Path(path).expanduser())
             if index_path is None:
                 index_path = Path(db_file).with_name(cls.index_filename)

@@ -1,0 +1,308 @@
+"""The five commands and ``main``: exit codes 0 ok, 1 some records or checks failed, 2 usage
+error, 130 interrupted (Ctrl-C at any moment: one line, no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..databases import REGISTRY
+from ..encoder import get_encoder
+from ..errors import EmbeddingError
+from ..reports import BackfillInterrupted, BackfillResult
+from .output import GuardedOutput, Progress, clean, dumps, human_bytes, print_table, warn
+from .parser import UsageError, build_parser
+from .stores import (
+    Target,
+    backfill_lock,
+    choose_models,
+    find_targets,
+    half_switched,
+    open_db,
+    require_existing,
+    resolve_data_dir,
+)
+
+log = logging.getLogger("embeddable_db.cli")
+ERRORS = (EmbeddingError, OSError, ValueError, sqlite3.Error)
+
+
+def for_each_db(
+    targets: Sequence[Target], work: Callable[[Target], bool],
+    failed: Callable[[str, Exception], None] | None = None,
+) -> int:
+    """Run ``work(target)`` per database; an error is reported and the next database still runs."""
+    ok = True
+    for target in targets:
+        try:
+            ok = work(target) and ok
+        except ERRORS as exc:
+            warn(f"{target.name}: error: {exc}")
+            if failed is not None:
+                failed(target.name, exc)
+            ok = False
+    return 0 if ok else 1
+
+
+def prepare(args: argparse.Namespace, *, reads: bool) -> tuple[list[Target], dict[str, str]]:
+    """The databases and the model for each; read commands need them to exist already."""
+    targets = find_targets(args)
+    if reads:
+        require_existing(args, targets)
+    return targets, choose_models(args, targets)
+
+
+# -- backfill -------------------------------------------------------------------------------------
+def run_backfill(args: argparse.Namespace) -> int:
+    targets, models = prepare(args, reads=args.dry_run)  # a dry run only reads
+    rows: list[tuple[str, BackfillResult | None]] = []
+    errors: list[tuple[str, Exception]] = []
+    failures: list[str] = []
+    used: set[str] = set()
+    where: dict[str, Any] = {"name": None, "result": None}
+
+    def work(target: Target) -> bool:
+        where.update(name=target.name, result=None)
+        with backfill_lock(args, target.name) as acquired:
+            if not acquired:
+                rows.append((target.name, None))
+                return True
+            model = models[target.name]
+            with open_db(target, args, model=model, read_only=args.dry_run) as db:
+                used.add(model)
+                total = sum(db.count(kind=kind) for kind in db.embedding_kinds)  # SQL, not a scan
+                progress = Progress(target.name, total)
+                try:
+                    result = db.backfill_embeddings(
+                        batch_size=args.batch_size, dry_run=args.dry_run, progress=progress
+                    )
+                finally:
+                    progress.close()
+                where["result"] = result
+        rows.append((target.name, result))
+        failures.extend(f"{target.name} {rid}: {error}" for rid, error in result.failures)
+        return result.failed == 0
+
+    try:
+        code = for_each_db(targets, work, lambda name, exc: errors.append((name, exc)))
+    except KeyboardInterrupt as stop:
+        result = stop.result if isinstance(stop, BackfillInterrupted) else where["result"]
+        if result is not None and (not rows or rows[-1][0] != where["name"]):
+            rows.append((where["name"], result))
+        print_summary(rows, args.dry_run)
+        warn(interrupted(where["name"], result, args.dry_run))
+        return 130
+    print_summary(rows, args.dry_run)
+    for name, exc in errors:
+        print(clean(f"{name}: not backfilled: {exc}"))
+    for line in failures[:20]:
+        warn(f"failed: {line}")
+    if len(failures) > 20:
+        warn(f"... and {len(failures) - 20} more failures")
+    encoders = [get_encoder(model, backend=args.model_backend) for model in sorted(used)]
+    print(f"model calls: {sum(getattr(e, 'calls', 0) for e in encoders)}, "
+          f"texts encoded: {sum(getattr(e, 'texts_encoded', 0) for e in encoders)}")
+    return code
+
+
+def interrupted(name: str | None, result: BackfillResult | None, dry_run: bool) -> str:
+    """What an interrupted backfill really kept: the committed vectors, not the records read."""
+    if name is None:
+        return "interrupted before any database was opened: nothing was written"
+    if dry_run:
+        return f"interrupted in {name}: a dry run, nothing was written"
+    if result is None or result.last_committed_id is None:
+        return (f"interrupted in {name} before a batch of it was committed: run the backfill "
+                "again to finish")
+    return (f"interrupted in {name}: {result.committed} vectors were committed and are kept "
+            f"(the last for record {result.last_committed_id!r}): run the backfill again to "
+            "finish")
+
+
+def print_summary(rows: Sequence[tuple[str, BackfillResult | None]], dry_run: bool) -> None:
+    header = ("database", "embedded", "re-embedded", "removed", "unchanged", "failed",
+              "seconds", "records/s")
+    lines: list[Sequence[Any]] = [header]
+    for name, r in rows:
+        if r is None:
+            lines.append((name, "skipped", "", "", "", "", "", ""))
+            continue
+        rate = r.processed / r.seconds if r.seconds > 0 else 0.0
+        lines.append((name, r.embedded, r.reembedded, r.removed, r.unchanged, r.failed,
+                      f"{r.seconds:.2f}", f"{rate:.0f}"))
+    if rows:
+        print_table(lines)
+    if dry_run:
+        print("dry run: nothing was encoded or written")
+
+
+# -- search ---------------------------------------------------------------------------------------
+def run_search(args: argparse.Namespace) -> int:
+    where = f"{args.prog} search: error:"
+    if not args.query.strip():
+        raise UsageError(f"{where} the query is empty: give the words to search for")
+    if args.kind is not None:
+        kinds = sorted({k for n in args.db for k in (REGISTRY[n].embedding_kinds or ())})
+        if args.kind not in kinds:
+            raise UsageError(f"{where} unknown kind {args.kind!r}: choose from {', '.join(kinds)}")
+        args.db = [n for n in args.db if args.kind in (REGISTRY[n].embedding_kinds or ())]
+    targets, models = prepare(args, reads=True)
+    hits: list[tuple[str, Any, str]] = []
+    queries: dict[str, Any] = {}  # model -> the query's vector: one encoding per model
+
+    def work(target: Target) -> bool:
+        with open_db(target, args, model=models[target.name], read_only=True) as db:
+            if db.embedding_count() == 0:
+                return True
+            if db.model_id not in queries:
+                queries[db.model_id] = db.encode_texts([args.query])[0]
+            for hit in db.search(queries[db.model_id], args.top_k, kind=args.kind):
+                hits.append((target.name, hit, " ".join(db.embedding_text(hit.record).split())))
+        return True
+
+    code = for_each_db(targets, work)
+    hits.sort(key=lambda found: found[1].distance)
+    hits = hits[: args.top_k]
+    if args.json:
+        print(dumps([hit_json(name, hit) for name, hit, _ in hits]))
+    elif hits:
+        lines = [("distance", "database", "kind", "id", "text")]
+        for name, hit, text in hits:
+            lines.append((f"{hit.distance:.3f}", name, hit.kind, hit.record_id,
+                          text[:70] + ("…" if len(text) > 70 else "")))
+        print_table(lines)
+    else:
+        print("no hits (have the databases been backfilled?)")
+    return code
+
+
+def hit_json(name: str, hit: Any) -> dict[str, Any]:
+    return {
+        "database": name,
+        "record_id": hit.record_id,
+        "kind": hit.kind,
+        "distance": round(float(hit.distance), 6),
+        "record": dataclasses.asdict(hit.record),
+    }
+
+
+# -- stats, verify, rebuild -----------------------------------------------------------------------
+def run_stats(args: argparse.Namespace) -> int:
+    targets, models = prepare(args, reads=True)
+    lines: list[Sequence[Any]] = [("database", "records", "vectors", "missing", "stale",
+                                   "orphaned", "model", "dim", "backend", "index size")]
+    notes: list[str] = []
+
+    def work(target: Target) -> bool:
+        with open_db(target, args, model=models[target.name], read_only=True) as db:
+            plan = db.backfill_embeddings(dry_run=True)
+            counts = db.model_counts()
+            size = sum(os.path.getsize(p) for p in (db.index_path, db.metadata_path)
+                       if p and os.path.isfile(p))
+            model = db.model_id + (f" (+{len(counts) - 1} other)" if len(counts) > 1 else "")
+            lines.append((target.name, plan.processed, db.embedding_count(), plan.embedded,
+                          plan.reembedded, plan.removed, model, db.dimension or "-",
+                          db.backend_name, human_bytes(size)))
+            note = half_switched(target.name, db.model_id, counts)
+            if note:
+                notes.append(note)
+        return True
+
+    code = for_each_db(targets, work)
+    print_table(lines)
+    for note in notes:
+        print(clean(note))
+    return code
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    targets, models = prepare(args, reads=True)
+
+    def work(target: Target) -> bool:
+        with open_db(target, args, model=models[target.name], read_only=True) as db:
+            report = db.verify_index()
+            counts = db.model_counts()
+            model = db.model_id
+        problems = list(report.problems)
+        note = half_switched(target.name, model, counts)
+        others = [m for m in counts if m != model]
+        if note and not any(other in problem for problem in problems for other in others):
+            problems.append(note)  # unless verify_index() already says so
+        state = "PROBLEMS" if problems else "ok"
+        print(clean(f"{target.name}: {state}: sqlite {report.sqlite_count}, index "
+                    f"{report.index_count}, metadata {report.metadata_count}, file "
+                    f"{report.file_count}, pending {report.pending_changes}"))
+        for problem in problems:
+            print(clean(f"  {problem}"))
+        return not problems
+
+    return for_each_db(targets, work)
+
+
+def run_rebuild(args: argparse.Namespace) -> int:
+    targets, models = prepare(args, reads=True)  # writes index files, but only for databases
+
+    def work(target: Target) -> bool:
+        started = time.perf_counter()
+        with open_db(target, args, model=models[target.name], read_only=False) as db:
+            db.rebuild_index()
+            count = db.embedding_count()
+        print(f"{target.name}: rebuilt {count} vectors in {time.perf_counter() - started:.2f} s")
+        return True
+
+    return for_each_db(targets, work)
+
+
+COMMANDS = {
+    "backfill": run_backfill,
+    "search": run_search,
+    "stats": run_stats,
+    "verify": run_verify,
+    "rebuild": run_rebuild,
+}
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Parse, run, and exit cleanly whatever happens to the output or the user's patience."""
+    output = GuardedOutput()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+    code = 130
+    try:
+        if previous is not None and previous is not signal.SIG_IGN:  # ignored: a background job
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        code = run(argv, prog or "embeddable-db")
+    except KeyboardInterrupt:
+        if previous is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: still this exit
+        warn("interrupted")
+    finally:
+        code = output.finish(code)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return code
+
+
+def run(argv: Sequence[str] | None, prog: str) -> int:
+    parser = build_parser(prog)
+    try:
+        args = parser.parse_args(argv)
+        args.prog = prog
+        args.data_dir = resolve_data_dir(args.data_dir)  # once: every path below derives from it
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        warn(str(exc))
+        return 2

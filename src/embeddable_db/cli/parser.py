@@ -1,0 +1,121 @@
+"""The command's flags. Every value is checked here, so a bad one is one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..backends import backend_names
+from ..databases import REGISTRY
+from ..encoder import HASH_MODEL_PREFIX, MODEL_BACKENDS
+
+NAMES = tuple(REGISTRY)
+
+
+class UsageError(Exception):
+    """Bad flags: one line naming the valid choices, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage dump
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def database_name(text: str) -> str:
+    if text not in REGISTRY:
+        raise argparse.ArgumentTypeError(
+            f"unknown database {text!r}: choose from {', '.join(NAMES)}"
+        )
+    return text
+
+
+def backend_name(text: str) -> str:
+    if text not in backend_names():
+        raise argparse.ArgumentTypeError(
+            f"unknown backend {text!r}: choose from {', '.join(backend_names())}"
+        )
+    return text
+
+
+def model_name(text: str) -> str:
+    """A model name or path; ``hash:<dimension>`` is checked now rather than per database."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a model, got an empty string")
+    if text.startswith(HASH_MODEL_PREFIX):
+        dim = text[len(HASH_MODEL_PREFIX) :]
+        if not dim.isdigit() or int(dim) < 2:
+            raise argparse.ArgumentTypeError(f"{text!r}: use 'hash:<dimension>', e.g. hash:64")
+    return text
+
+
+def folder(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string")
+    return text
+
+
+def build_parser(prog: str = "embeddable-db") -> Parser:
+    parser = Parser(prog=prog, description="Backfill, search, stats, verify and rebuild the six "
+                    "embeddable_db databases.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def common(sub: argparse.ArgumentParser, backend_help: str) -> None:
+        sub.add_argument(
+            "--db", nargs="+", type=database_name, default=list(NAMES), metavar="NAME",
+            help=f"databases to use (default: all of {', '.join(NAMES)})",
+        )
+        sub.add_argument(
+            "--data-dir", type=folder, default=None,
+            help="folder holding the databases (default: $EMBEDDABLE_DB_HOME or ./data)",
+        )
+        sub.add_argument("--backend", type=backend_name, default=None,
+                         help="vector index backend: annoy or faiss " + backend_help)
+        sub.add_argument(
+            "--model", type=model_name, default=None,
+            help="sentence-transformers model name or path (default: the model each "
+            "database's vectors were made by; the default model for a database without any)",
+        )
+        sub.add_argument(
+            "--model-backend", choices=MODEL_BACKENDS, default="torch",
+            help="run the model on torch, or on ONNX Runtime (default model only; "
+            "no torch import, fast start)",
+        )
+
+    converts = "(default: the one each store was built with, else annoy; another one converts)"
+    reads = "(read commands always use the one each store was built with)"
+    backfill = commands.add_parser("backfill", help="embed missing and stale records")
+    common(backfill, converts)
+    backfill.add_argument("--batch-size", type=positive_int, default=100,
+                          help="records encoded and committed at once (default: 100)")
+    backfill.add_argument("--dry-run", action="store_true",
+                          help="report what would be done; encode and write nothing")
+    backfill.add_argument("--no-wait", action="store_true",
+                          help="skip a database another backfill is working on instead of waiting")
+    backfill.add_argument("--allow-model-change", action="store_true",
+                          help="let --model differ from the model a database's vectors were made "
+                          "by: re-embeds all of it")
+
+    search = commands.add_parser("search", help="semantic search across databases")
+    search.add_argument("query")
+    common(search, reads)
+    search.add_argument("--top-k", type=positive_int, default=5)
+    search.add_argument("--kind", default=None, help="only hits of this kind")
+    search.add_argument("--json", action="store_true", help="print hits as JSON")
+
+    for name, text, backend_help in (
+        ("stats", "records, vectors, missing, stale, orphaned per database", reads),
+        ("verify", "check that SQLite, index and metadata agree (exit 1 if not)", reads),
+        ("rebuild", "rebuild indexes from the stored vectors (no re-encoding)", converts),
+    ):
+        common(commands.add_parser(name, help=text), backend_help)
+    return parser

@@ -114,5 +114,13 @@ class AnnoyVectorIndex(VectorIndex):
         # Annoy's angular distance is sqrt(2 - 2 cos) on unit vectors: 1 - cos = d^2 / 2.
         return self._labels[np.asarray(positions, np.int64)], angular * angular / 2.0
 
+    def stored_items(self) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self._labels)
+        if self._index is None or n == 0:
+            return self._labels, np.empty((0, self.dim), np.float32)
+        get = self._index.get_item_vector  # the file's own copy, never the exact-scan matrix
+        vectors = np.array([get(i) for i in range(n)], np.float32).reshape(n, self.dim)
+        return self._labels, vectors
+
     def __len__(self) -> int:
         return len(self._labels)

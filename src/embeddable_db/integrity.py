@@ -55,19 +55,24 @@ def live_problems(live: dict[int, tuple[str, str]], stored: dict[int, tuple[str,
     return problems
 
 
-def file_problems(
+def scan_problems(
     rows: Iterable[tuple],
-    manifest: Manifest,
+    model: str,
+    dim: int | None,
+    manifest: Manifest | None,
     items: tuple[np.ndarray, np.ndarray] | None,
-    index_path: str,
-) -> list[str]:
-    """The manifest and the index file's vectors against SQLite's rows (``EmbeddingStore.scan``).
+    index_path: str | None,
+) -> tuple[dict[int, tuple[str, str]], list[str]]:
+    """One pass over SQLite's rows (``EmbeddingStore.scan``): the (record id, kind) of each live
+    vector of ``model`` by label, and how the manifest and the index file's vectors (``items``,
+    read back from the file) disagree with SQLite.
 
     Rows changed after the files were saved (``seq > synced_seq``) are not compared: opening
-    replays them from SQLite. ``items`` are the (labels, vectors) read back from the file.
+    replays them from SQLite.
     """
-    synced = manifest.synced_seq
-    listed = {row[0]: (row[1], row[2]) for row in manifest.records}
+    stored: dict[int, tuple[str, str]] = {}
+    synced = manifest.synced_seq if manifest is not None else -1
+    listed = {row[0]: (row[1], row[2]) for row in manifest.records} if manifest else {}
     position: dict[int, int] = {}
     if items is not None:
         position = {label: i for i, label in enumerate(items[0].tolist())}
@@ -77,29 +82,32 @@ def file_problems(
     batch: list[tuple[int, str, int, bytes]] = []
 
     def compare(batch: list[tuple[int, str, int, bytes]]) -> None:
-        stored = np.frombuffer(b"".join(r[3] for r in batch), "<f4").reshape(len(batch), -1)
+        in_sqlite = np.frombuffer(b"".join(r[3] for r in batch), "<f4").reshape(len(batch), -1)
         in_file = items[1][[r[2] for r in batch]]
-        bad = np.flatnonzero(np.abs(in_file - stored).max(axis=1) > _TOLERANCE)
+        bad = np.flatnonzero(np.abs(in_file - in_sqlite).max(axis=1) > _TOLERANCE)
         damaged.extend((batch[i][0], batch[i][1]) for i in bad.tolist())
 
-    for label, record_id, kind, model, dim, deleted, seq, blob in rows:
+    for label, record_id, kind, row_model, row_dim, deleted, seq, blob in rows:
+        live = not deleted and blob is not None
+        if live and row_model == model and row_dim == dim:
+            stored[label] = (record_id, kind)
+        if manifest is None:
+            continue
         entry = listed.pop(label, None)
         if seq > synced:
             continue
-        held = not deleted and blob is not None and model == manifest.model and dim == manifest.dim
-        if not held:
+        if not (live and row_model == manifest.model and row_dim == manifest.dim):
             extra += entry is not None
-            continue
-        if entry is None:
+        elif entry is None:
             missing += 1
-            continue
-        if entry != (record_id, kind):
-            wrong.append(label)
-        if items is not None and label in position and len(blob) == 4 * items[1].shape[1]:
-            batch.append((label, record_id, position[label], blob))
-            if len(batch) == _CHUNK:
-                compare(batch)
-                batch = []
+        else:
+            if entry != (record_id, kind):
+                wrong.append(label)
+            if label in position and len(blob) == 4 * items[1].shape[1]:
+                batch.append((label, record_id, position[label], blob))
+                if len(batch) == _CHUNK:
+                    compare(batch)
+                    batch = []
     if batch:
         compare(batch)
     extra += len(listed)  # labels SQLite never gave
@@ -120,4 +128,4 @@ def file_problems(
             f"index file {index_path} holds {len(damaged)} vectors that differ from SQLite's "
             f"(first: label {label}, record {record_id!r}); {REPAIR}"
         )
-    return problems
+    return stored, problems

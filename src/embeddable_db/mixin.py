@@ -49,7 +49,7 @@ from .errors import (
     ModelConflictError,
     StoreConflictError,
 )
-from .integrity import REPAIR, file_problems, live_problems, model_switch_problem
+from .integrity import REPAIR, live_problems, model_switch_problem, scan_problems
 from .live_index import LiveIndex
 from .manifest import (
     Manifest,
@@ -1079,30 +1079,12 @@ class EmbeddableDBMixin:
         """Everything is read: SQLite's ids and vectors against the live index, the metadata
         and every vector in the index file (the open-time checks only sample the file)."""
         problems: list[str] = []
-        with self._snapshot():
-            dim = self._live.dim or self._current_dim()
-            seq = self._store.last_seq()
-            stored = (
-                {row[0]: (row[1], row[2]) for row in self._store.mapping(self.model_id, dim)}
-                if dim
-                else {}
-            )
-            switch = model_switch_problem(self._store.model_counts(), self._store.identity()[0])
-            if self._live.synced_seq < seq:
-                self._sync()
-        live = self._live
-        problems += live_problems(
-            {label: (rid, live.kind_of[label]) for label, rid in live.record_ids.items()}, stored
-        )
-        if switch:
-            problems.append(switch)
-        metadata_count = file_count = None
+        manifest = items = metadata_count = file_count = None
         pending = 0
         if self.index_path is not None:
             try:
                 manifest = read_manifest(self.metadata_path)
             except ManifestError as exc:
-                manifest = None
                 problems.append(f"metadata {self.metadata_path} is damaged: {exc}")
             else:
                 if manifest is None:
@@ -1113,22 +1095,36 @@ class EmbeddableDBMixin:
                         f"metadata {self.metadata_path} is damaged: {manifest.damage}; {REPAIR}"
                     )
                 metadata_count = manifest.count
-                pending = len(self._store.changes_since(manifest.synced_seq))
                 file_count, items, problem = self._check_index_file(manifest)
                 if problem:
                     problems.append(problem)
+        with self._snapshot():
+            dim = self._live.dim or self._current_dim()
+            seq = self._store.last_seq()
+            compared = manifest
+            if manifest is not None:
+                pending = len(self._store.changes_since(manifest.synced_seq))
                 if manifest.store_id != self._store.store_id:
                     problems.append(f"metadata {self.metadata_path} belongs to another store")
+                    compared = None
                 elif manifest.synced_seq > seq:
                     problems.append("metadata is newer than the database")
-                else:
-                    with self._snapshot():
-                        problems += file_problems(
-                            self._store.scan(), manifest, items, self.index_path
-                        )
+                    compared = None
+            stored, found = scan_problems(
+                self._store.scan(), self.model_id, dim, compared, items, self.index_path
+            )
+            switch = model_switch_problem(self._store.model_counts(), self._store.identity()[0])
+            if self._live.synced_seq < seq:
+                self._sync()
+        live = self._live
+        live_ids = {label: (rid, live.kind_of[label]) for label, rid in live.record_ids.items()}
+        problems[:0] = live_problems(live_ids, stored)
+        problems += found
+        if switch:
+            problems.append(switch)
         return VerifyReport(
             sqlite_count=len(stored),
-            index_count=len(live.label_of),
+            index_count=len(live_ids),
             metadata_count=metadata_count,
             file_count=file_count,
             pending_changes=pending,

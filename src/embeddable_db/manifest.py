@@ -77,20 +77,26 @@ class Manifest:
         return f'{body[:-1]}{_CHECKSUM_KEY}{_text_digest(body[:-1])}"}}'
 
 
-def _text_digest(text: str) -> str:
+def _text_digest(text: str | memoryview) -> str:
     # surrogatepass: a digest must not be the thing that fails on an odd record id.
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()
 
 
 def _text_damage(text: str) -> str | None:
-    """None when the text ends with ``,"checksum":"<sha256 of everything before it>"}``."""
-    end = len(text.rstrip())
-    start = end - 2 - _CHECKSUM_HEX - len(_CHECKSUM_KEY)
-    if start < 0 or text[start : start + len(_CHECKSUM_KEY)] != _CHECKSUM_KEY:
+    """None when the text ends with ``,"checksum":"<sha256 of everything before it>"}``.
+
+    Copies the 6 MB text of a 100k-record manifest once (to UTF-8), not three times."""
+    end = len(text)
+    while end and text[end - 1] in " \t\r\n":
+        end -= 1
+    tail = len(_CHECKSUM_KEY) + _CHECKSUM_HEX + 2
+    suffix = text[end - tail : end]
+    if end < tail or not suffix.startswith(_CHECKSUM_KEY) or not suffix.endswith('"}'):
         return "it has no checksum"
-    if text[end - 2 : end] != '"}' or text[end - 2 - _CHECKSUM_HEX : end - 2] != _text_digest(
-        text[:start]
-    ):
+    data = text.encode("utf-8", "surrogatepass")
+    body = memoryview(data)[: len(data) - (len(text) - end) - tail]  # the suffix is ASCII
+    if suffix[len(_CHECKSUM_KEY) : -2] != _text_digest(body):
         return "its checksum does not match its contents: it was edited or damaged"
     return None
 
@@ -140,7 +146,6 @@ def parse_manifest(text: str) -> Manifest:
     if data["record_fields"] != RECORD_FIELDS:
         raise ManifestError("unexpected record_fields")
     width = len(RECORD_FIELDS)
-    previous = -1
     for row in data["records"]:  # exact type checks: fast on 100k rows, and a bool is no label
         if (
             type(row) is not list
@@ -150,9 +155,6 @@ def parse_manifest(text: str) -> Manifest:
             or type(row[2]) is not str
         ):
             raise ManifestError("malformed record entry")
-        if not previous < row[0] < 2**63:  # labels are SQLite rowids, written ascending
-            raise ManifestError("record labels are not ascending rowids")
-        previous = row[0]
     data.pop("count", None)
     data.pop("checksum", None)
     return Manifest(**{k: data[k] for k in _TYPES}, damage=_text_damage(text))

@@ -901,19 +901,22 @@ class EmbeddableDBMixin:
         try:
             # The manifest's checksum proved it is the file we wrote; these bounds catch one
             # that is consistent but not this database's (cheap: no scan of SQLite).
-            if records[-1][0] > self._store.max_label():
-                raise CorruptIndexError("its metadata lists labels SQLite never gave")
+            labels = np.array([r[0] for r in records], np.int64)  # OverflowError past 2**63
+            if labels[0] < 0 or labels[-1] > self._store.max_label() or not (
+                labels[1:] > labels[:-1]
+            ).all():
+                raise CorruptIndexError("its metadata lists labels that are not SQLite's")
             size, checksum = file_checksum(self.index_path)
             if (size, checksum) != (manifest.index_size, manifest.index_checksum):
                 raise CorruptIndexError("its checksum does not match the metadata")
             backend = self._new_backend(manifest.dim)
-            backend.load(self.index_path, np.array([r[0] for r in records], np.int64))
+            backend.load(self.index_path, labels)
             live = LiveIndex(
                 backend, manifest.dim, records, manifest.synced_seq, manifest.generation
             )
             if len(live.label_of) != len(records):
                 raise CorruptIndexError("its metadata lists a record id twice")
-        except (OSError, ValueError, RuntimeError, CorruptIndexError) as exc:
+        except (OSError, ValueError, RuntimeError, OverflowError, CorruptIndexError) as exc:
             log.warning(
                 "index %s cannot be used (%s): rebuilding it from the vectors in SQLite",
                 self.index_path, exc,
@@ -1151,7 +1154,7 @@ class EmbeddableDBMixin:
             backend = self._new_backend(manifest.dim)
             backend.load(self.index_path, np.array([r[0] for r in manifest.records], np.int64))
             return len(backend), backend.stored_items(), None
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (OSError, ValueError, RuntimeError, OverflowError) as exc:
             return None, None, f"index file {self.index_path} cannot be read: {exc}"
 
     def close(self) -> None:

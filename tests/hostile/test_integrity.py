@@ -156,15 +156,16 @@ def test_shifted_labels_rebuild_or_are_reported(tmp_path, backend, forged, caplo
     db.close()
 
 
+@pytest.mark.parametrize("label", [10**15, 2**63], ids=["1e15", "2**63"])
 @pytest.mark.parametrize("forged", [False, True], ids=["edited", "forged"])
-def test_a_huge_label_does_not_make_the_store_unopenable(tmp_path, forged, caplog):
+def test_a_huge_label_does_not_make_the_store_unopenable(tmp_path, forged, label, caplog):
     path = _filled(tmp_path, "faiss")
     meta = _metadata(path)
     if forged:
-        _forge(meta, lambda m: m.records[-1].__setitem__(0, 10**15))
+        _forge(meta, lambda m: m.records[-1].__setitem__(0, label))
     else:
         text = open(meta, encoding="utf-8").read()
-        open(meta, "w", encoding="utf-8").write(text.replace("[40,", f"[{10**15},"))
+        open(meta, "w", encoding="utf-8").write(text.replace("[40,", f"[{label},"))
     with caplog.at_level(logging.WARNING, logger="embeddable_db"):
         db = _open(path, "faiss")  # a list of 10**15 entries was allocated here
     warnings = _warnings(caplog)

@@ -11,15 +11,49 @@ one SQLite holds, which catches one overwritten vector on Annoy, FAISS flat and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .manifest import Manifest
+from .backends import VectorIndex
+from .errors import CorruptIndexError
+from .manifest import Manifest, file_checksum, file_digest
 
 REPAIR = "run verify_index(repair=True) or rebuild_index() to rebuild it from SQLite"
 _CHUNK = 10_000
 _TOLERANCE = 1e-6  # the file and SQLite hold the same float32 values: any real damage is larger
+
+
+def checked_labels(records: list[list], max_label: int) -> np.ndarray:
+    """The manifest's labels as an array, if they can be SQLite's: ascending, none negative or
+    beyond the largest label SQLite gave (~1 ms at 100k; OverflowError past 2**63). The
+    checksum proved the manifest is the one written; this catches one forged consistently."""
+    labels = np.array([r[0] for r in records], np.int64)
+    if labels[0] < 0 or labels[-1] > max_label or not (labels[1:] > labels[:-1]).all():
+        raise CorruptIndexError("its metadata lists labels that are not SQLite's")
+    return labels
+
+
+def check_index_file(
+    index_path: str, manifest: Manifest, new_backend: Callable[[int], VectorIndex]
+) -> tuple[int | None, tuple[np.ndarray, np.ndarray] | None, str | None]:
+    """(vectors in the file, its (labels, vectors) read back, a problem): the whole file is
+    read against its sha256, so damage between the open-time samples is found too."""
+    if manifest.count == 0:
+        return 0, None, None
+    try:
+        if file_checksum(index_path) != (manifest.index_size, manifest.index_checksum):
+            return None, None, f"index file {index_path} does not match its metadata checksum"
+        if file_digest(index_path) != manifest.index_digest:
+            return None, None, (
+                f"index file {index_path} has changed since it was saved (its sha256 does not "
+                f"match the metadata); {REPAIR}"
+            )
+        backend = new_backend(manifest.dim)
+        backend.load(index_path, np.array([r[0] for r in manifest.records], np.int64))
+        return len(backend), backend.stored_items(), None
+    except (OSError, ValueError, RuntimeError, OverflowError) as exc:
+        return None, None, f"index file {index_path} cannot be read: {exc}"
 
 
 def model_switch_problem(counts: dict[str, int], current: str | None) -> str | None:

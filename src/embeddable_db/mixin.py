@@ -49,7 +49,14 @@ from .errors import (
     ModelConflictError,
     StoreConflictError,
 )
-from .integrity import REPAIR, live_problems, model_switch_problem, scan_problems
+from .integrity import (
+    REPAIR,
+    check_index_file,
+    checked_labels,
+    live_problems,
+    model_switch_problem,
+    scan_problems,
+)
 from .live_index import LiveIndex
 from .manifest import (
     Manifest,
@@ -899,13 +906,7 @@ class EmbeddableDBMixin:
         if not records:
             return LiveIndex(None, manifest.dim, (), manifest.synced_seq, manifest.generation)
         try:
-            # The manifest's checksum proved it is the file we wrote; these bounds catch one
-            # that is consistent but not this database's (cheap: no scan of SQLite).
-            labels = np.array([r[0] for r in records], np.int64)  # OverflowError past 2**63
-            if labels[0] < 0 or labels[-1] > self._store.max_label() or not (
-                labels[1:] > labels[:-1]
-            ).all():
-                raise CorruptIndexError("its metadata lists labels that are not SQLite's")
+            labels = checked_labels(records, self._store.max_label())
             size, checksum = file_checksum(self.index_path)
             if (size, checksum) != (manifest.index_size, manifest.index_checksum):
                 raise CorruptIndexError("its checksum does not match the metadata")
@@ -1098,7 +1099,9 @@ class EmbeddableDBMixin:
                         f"metadata {self.metadata_path} is damaged: {manifest.damage}; {REPAIR}"
                     )
                 metadata_count = manifest.count
-                file_count, items, problem = self._check_index_file(manifest)
+                file_count, items, problem = check_index_file(
+                    self.index_path, manifest, self._new_backend
+                )
                 if problem:
                     problems.append(problem)
         with self._snapshot():
@@ -1133,29 +1136,6 @@ class EmbeddableDBMixin:
             pending_changes=pending,
             problems=problems,
         )
-
-    def _check_index_file(
-        self, manifest: Manifest
-    ) -> tuple[int | None, tuple[np.ndarray, np.ndarray] | None, str | None]:
-        """(vectors in the file, its (labels, vectors) read back, a problem): the whole file is
-        read against its sha256, so damage between the open-time samples is found too."""
-        if manifest.count == 0:
-            return 0, None, None
-        try:
-            if file_checksum(self.index_path) != (manifest.index_size, manifest.index_checksum):
-                return None, None, (
-                    f"index file {self.index_path} does not match its metadata checksum"
-                )
-            if file_digest(self.index_path) != manifest.index_digest:
-                return None, None, (
-                    f"index file {self.index_path} has changed since it was saved (its sha256 "
-                    f"does not match the metadata); {REPAIR}"
-                )
-            backend = self._new_backend(manifest.dim)
-            backend.load(self.index_path, np.array([r[0] for r in manifest.records], np.int64))
-            return len(backend), backend.stored_items(), None
-        except (OSError, ValueError, RuntimeError, OverflowError) as exc:
-            return None, None, f"index file {self.index_path} cannot be read: {exc}"
 
     def close(self) -> None:
         """Flush pending changes to the index files. The connection stays the caller's.

@@ -64,8 +64,8 @@ def model_switch_problem(counts: dict[str, int], current: str | None) -> str | N
     return (
         f"the store holds vectors of {len(counts)} models ({made}): a re-embed with another "
         "model stopped part way, and a search finds only one model's vectors; open the store "
-        f"with model_name={current!r} and run backfill_embeddings() to finish it "
-        f"(embeddable-db backfill --model {current} --allow-model-change)"
+        f"with model_name={current!r} and run backfill_embeddings() to finish it (on the "
+        f"command line: embeddable-db backfill --model {current} --allow-model-change)"
     )
 
 
@@ -96,15 +96,17 @@ def scan_problems(
     manifest: Manifest | None,
     items: tuple[np.ndarray, np.ndarray] | None,
     index_path: str | None,
-) -> tuple[dict[int, tuple[str, str]], list[str]]:
+) -> tuple[dict[int, tuple[str, str]], dict[str, int], list[str]]:
     """One pass over SQLite's rows (``EmbeddingStore.scan``): the (record id, kind) of each live
-    vector of ``model`` by label, and how the manifest and the index file's vectors (``items``,
-    read back from the file) disagree with SQLite.
+    vector of ``model`` by label, how many vectors each model made (``model_counts``), and how
+    the manifest and the index file's vectors (``items``, read back from the file) disagree
+    with SQLite.
 
     Rows changed after the files were saved (``seq > synced_seq``) are not compared: opening
     replays them from SQLite.
     """
     stored: dict[int, tuple[str, str]] = {}
+    counts: dict[str, int] = {}
     synced = manifest.synced_seq if manifest is not None else -1
     listed = {row[0]: (row[1], row[2]) for row in manifest.records} if manifest else {}
     position: dict[int, int] = {}
@@ -123,8 +125,10 @@ def scan_problems(
 
     for label, record_id, kind, row_model, row_dim, deleted, seq, blob in rows:
         live = not deleted and blob is not None
-        if live and row_model == model and row_dim == dim:
-            stored[label] = (record_id, kind)
+        if live:
+            counts[row_model] = counts.get(row_model, 0) + 1
+            if row_model == model and row_dim == dim:
+                stored[label] = (record_id, kind)
         if manifest is None:
             continue
         entry = listed.pop(label, None)
@@ -162,4 +166,5 @@ def scan_problems(
             f"index file {index_path} holds {len(damaged)} vectors that differ from SQLite's "
             f"(first: label {label}, record {record_id!r}); {REPAIR}"
         )
-    return stored, problems
+    counts = dict(sorted(counts.items(), key=lambda item: -item[1]))
+    return stored, counts, problems

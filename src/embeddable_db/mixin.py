@@ -1116,10 +1116,10 @@ class EmbeddableDBMixin:
                 elif manifest.synced_seq > seq:
                     problems.append("metadata is newer than the database")
                     compared = None
-            stored, found = scan_problems(
+            stored, counts, found = scan_problems(
                 self._store.scan(), self.model_id, dim, compared, items, self.index_path
             )
-            switch = model_switch_problem(self._store.model_counts(), self._store.identity()[0])
+            switch = model_switch_problem(counts, self._store.identity()[0])
             if self._live.synced_seq < seq:
                 self._sync()
         live = self._live

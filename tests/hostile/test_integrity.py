@@ -255,6 +255,7 @@ def test_verify_reports_a_half_switched_store_and_what_to_do(tmp_path, backend):
     assert not report.ok
     [problem] = [p for p in report.problems if "models" in p]
     assert "25 by 'hash:16'" in problem and "15 by 'hash:24'" in problem
+    assert db.model_counts() == {"hash:16": 25, "hash:24": 15}  # what stats shows: the same
     assert "model_name='hash:24'" in problem and "backfill_embeddings()" in problem
     assert "--allow-model-change" in problem
     assert db.verify_index(repair=True).problems == [problem]  # a rebuild cannot finish it
@@ -278,3 +279,25 @@ def test_an_intact_store_verifies_ok_on_every_backend(tmp_path):
         assert again.verify_index().ok
         assert os.path.exists(again.index_path)
         again.close()
+
+
+def test_metadata_of_the_previous_schema_is_rebuilt_once(tmp_path, caplog):
+    """Schema 1 had no checksum: such a file is rebuilt with one warning, then opens silently."""
+    path = _filled(tmp_path, "annoy")
+    meta = _metadata(path)
+    text = open(meta, encoding="utf-8").read()
+    body = text[: text.rindex(',"checksum":')]
+    body = body.replace('"schema_version":2', '"schema_version":1')
+    body = body.replace(body[body.index('"index_digest":') : body.index(',"metric"')] + ",", "")
+    open(meta, "w", encoding="utf-8").write(body + "}")
+    with caplog.at_level(logging.WARNING, logger="embeddable_db"):
+        db = _open(path, "annoy")
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "schema_version 1" in warnings[0] and "rebuilding" in warnings[0]
+    assert db.search_by_vector(_vector(path, 9), top_k=1)[0][0] == "9"
+    db.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="embeddable_db"):
+        again = _open(path, "annoy")
+    assert _warnings(caplog) == [] and again.verify_index().ok
+    again.close()

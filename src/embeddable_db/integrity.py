@@ -1,12 +1,14 @@
 """What ``verify_index()`` checks beyond counts: every label, id and vector against SQLite.
 
-Opening stays cheap: it trusts the manifest's own checksum, the index file's sampled checksum
-and a few bounds (FAISS's stored ids are the manifest's labels; no label beyond SQLite's
-largest). A cross-check with SQLite at open would read every page of the vector table, since
-the vectors sit in the same rows as the ids (~0.2 s at 100k records, most of an open).
-``verify_index()`` reads everything instead: the whole index file against its sha256, the
-manifest's (label, record id, kind) against SQLite, and every vector in the file against the
-one SQLite holds, which catches one overwritten vector on Annoy, FAISS flat and FAISS HNSW.
+Opening stays cheap: it trusts the manifest's own checksum (5 ms at 100k records), the index
+file's sampled checksum and a few bounds (labels ascending and within SQLite's largest, FAISS's
+stored ids equal to the manifest's labels: under 1 ms). A cross-check with SQLite at open would
+read every page of the vector table, since the vectors sit in the same rows as the ids: 0.26 s
+at 100k hash:384 vectors, on an open of ~0.35 s; even the (record_id, label) pairs of the
+UNIQUE index alone took 0.095 s and say nothing of kinds or removals. ``verify_index()`` reads
+everything instead: the whole index file against its sha256, the manifest's (label, record id,
+kind) against SQLite, and every vector in the file against the one SQLite holds, which catches
+one overwritten vector on Annoy, FAISS flat and FAISS HNSW (about 2-2.5 s at 100k, was ~1 s).
 """
 
 from __future__ import annotations

@@ -233,3 +233,9 @@ class EmptyStore(EmbeddingStore):
 
     def model_counts(self) -> dict[str, int]:
         return {}
+
+    def max_label(self) -> int:
+        return 0
+
+    def scan(self) -> Iterator[tuple]:
+        return iter(())

@@ -88,15 +88,10 @@ class LiveIndex:
         # Rows start (label, record_id, kind); built with comprehensions: 100k rows at open.
         records = list(records)
         self.kind_of: dict[int, str] = {row[0]: row[2] for row in records}  # the live labels
-        # record_id by label (None where there is none): search reads ids from a list, twice as
-        # fast as from a dict right after a big index search has flushed the CPU caches.
-        # Labels are rowids of the store's table, so the list is as long as that table.
-        self.record_ids: list[str | None] = [None] * (max(self.kind_of, default=-1) + 1)
-        for row in records:
-            self.record_ids[row[0]] = row[1]
-        self.label_of: dict[str, int] = {
-            rid: label for label, rid in enumerate(self.record_ids) if rid is not None
-        }
+        # record_id by label. A dict, not a list indexed by label: a list is as long as the
+        # largest label, and one label of 10**9 in a damaged file made a store unopenable.
+        self.record_ids: dict[int, str] = {row[0]: row[1] for row in records}
+        self.label_of: dict[str, int] = {rid: label for label, rid in self.record_ids.items()}
         self.in_backend: set[int] = set(self.kind_of)
         self.tombstones: set[int] = set()
         self.delta = ExactDelta(dim) if dim else None
@@ -129,9 +124,7 @@ class LiveIndex:
             self.dim = vector.shape[0]
             self.delta = ExactDelta(self.dim)
         ids = self.record_ids
-        if label >= len(ids):
-            ids.extend([None] * (max(label + 1, 2 * len(ids)) - len(ids)))
-        old = ids[label]
+        old = ids.get(label)
         if old is not None and old != record_id:
             self.label_of.pop(old, None)
         ids[label] = record_id
@@ -152,7 +145,7 @@ class LiveIndex:
 
     def discard(self, label: int) -> None:
         if self.kind_of.pop(label, None) is not None:
-            old, self.record_ids[label] = self.record_ids[label], None
+            old = self.record_ids.pop(label, None)
             if self.label_of.get(old) == label:
                 del self.label_of[old]
         if self.delta is not None:

@@ -418,3 +418,15 @@ class EmbeddingStore:
                 "AND vector IS NOT NULL GROUP BY model ORDER BY COUNT(*) DESC"
             ).fetchall()
         )
+
+    def max_label(self) -> int:
+        """The largest label ever given (a rowid lookup, not a scan): labels beyond it are bogus."""
+        return self.conn.execute(f"SELECT MAX(label) FROM {self.table}").fetchone()[0] or 0
+
+    def scan(self) -> Iterator[tuple]:
+        """(label, record_id, kind, model, dim, deleted, seq, vector blob) of every row, in label
+        order: the full comparison ``verify_index()`` makes."""
+        return self.conn.execute(
+            f"SELECT label, record_id, kind, model, dim, deleted, seq, vector FROM {self.table} "
+            "ORDER BY label"
+        )

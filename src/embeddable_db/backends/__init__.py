@@ -53,6 +53,11 @@ class VectorIndex(ABC):
     @abstractmethod
     def __len__(self) -> int: ...
 
+    def stored_items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, vectors) as the index holds them, in any order: ``verify_index()`` compares
+        them with SQLite, which catches a vector damaged inside the file."""
+        raise NotImplementedError(f"{self.name} cannot read back its vectors")
+
     @property
     def exact(self) -> bool:
         """True when search results equal a brute-force scan."""

@@ -14,6 +14,8 @@ labels by the ascending label list the caller keeps in the metadata.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from annoy import AnnoyIndex
 
@@ -63,6 +65,7 @@ class AnnoyVectorIndex(VectorIndex):
         self.search_k = bounded_int("search_k", search_k, 1, MAX_SEARCH_K)
         self.exact_below = bounded_int("exact_below", exact_below, 0, MAX_EXACT_BELOW)
         self._index: AnnoyIndex | None = None
+        self._path: str | None = None  # the file loaded, for stored_items
         self._labels = np.empty(0, np.int64)
         self._matrix: np.ndarray | None = None
 
@@ -79,6 +82,7 @@ class AnnoyVectorIndex(VectorIndex):
             index.add_item(position, vector)
         index.build(self.n_trees, n_jobs=-1)
         self._index = index
+        self._path = None
         self._labels = np.asarray(labels, np.int64)
         self._matrix = vectors.copy() if len(labels) <= self.exact_below else None
 
@@ -94,6 +98,7 @@ class AnnoyVectorIndex(VectorIndex):
                 f"Annoy file holds {index.get_n_items()} items, metadata lists {len(labels)}"
             )
         self._index = index
+        self._path = path
         self._labels = np.asarray(labels, np.int64)
         self._matrix = None
         if len(labels) <= self.exact_below:
@@ -114,6 +119,24 @@ class AnnoyVectorIndex(VectorIndex):
         angular = np.asarray(angular, np.float32)
         # Annoy's angular distance is sqrt(2 - 2 cos) on unit vectors: 1 - cos = d^2 / 2.
         return self._labels[np.asarray(positions, np.int64)], angular * angular / 2.0
+
+    def stored_items(self) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors as the file holds them (never the exact-scan copy in memory). Read as
+        Annoy lays out an angular item (int32 descendants = 1, two int32 children, the floats)
+        from the start of the file: ``get_item_vector`` per item took 10 s at 100k."""
+        n = len(self._labels)
+        if self._index is None or n == 0:
+            return self._labels, np.empty((0, self.dim), np.float32)
+        node = np.dtype([("descendants", "<i4"), ("children", "<i4", 2), ("v", "<f4", self.dim)])
+        if self._path is not None and os.path.getsize(self._path) >= n * node.itemsize:
+            items = np.fromfile(self._path, node, count=n)
+            if (items["descendants"] == 1).all() and np.array_equal(
+                items["v"][-1], np.asarray(self._index.get_item_vector(n - 1), np.float32)
+            ):
+                return self._labels, items["v"]
+        get = self._index.get_item_vector  # another layout: the slow way
+        vectors = np.array([get(i) for i in range(n)], np.float32).reshape(n, self.dim)
+        return self._labels, vectors
 
     def __len__(self) -> int:
         return len(self._labels)

@@ -158,7 +158,20 @@ class FaissVectorIndex(VectorIndex):
                 f"FAISS file holds {index.ntotal} vectors of dimension {index.d}, "
                 f"metadata lists {len(labels)} of dimension {self.dim}"
             )
+        # FAISS answers with the ids stored in the file: they must be the metadata's labels,
+        # or search returns labels that name no record (or the wrong one). ~1 ms at 100k.
+        stored = faiss.vector_to_array(index.id_map)
+        if not np.array_equal(stored, labels) and not np.array_equal(np.sort(stored), labels):
+            raise ValueError("the FAISS file's ids are not the labels its metadata lists")
         self._use(index, mapped=True)
+
+    def stored_items(self) -> tuple[np.ndarray, np.ndarray]:
+        n = self._count
+        if n == 0:
+            return np.empty(0, np.int64), np.empty((0, self.dim), np.float32)
+        labels = faiss.vector_to_array(self._index.id_map)
+        vectors = self._index.index.reconstruct_n(0, n)  # flat and HNSW keep raw float32
+        return labels, np.asarray(vectors, np.float32).reshape(n, self.dim)
 
     def __len__(self) -> int:
         return self._count

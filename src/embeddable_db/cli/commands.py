@@ -17,6 +17,7 @@ from typing import Any
 from ..databases import REGISTRY
 from ..encoder import get_encoder
 from ..errors import EmbeddingError
+from ..integrity import MODEL_SWITCH_PROBLEM
 from ..reports import BackfillInterrupted, BackfillResult
 from .output import GuardedOutput, Progress, clean, dumps, human_bytes, print_table, warn
 from .parser import UsageError, build_parser
@@ -231,11 +232,11 @@ def run_verify(args: argparse.Namespace) -> int:
             report = db.verify_index()
             counts = db.model_counts()
             model = db.model_id
-        problems = list(report.problems)
+        # The library's advice on a half-switched store is replaced by the command to run.
+        problems = [p for p in report.problems if not p.startswith(MODEL_SWITCH_PROBLEM)]
         note = half_switched(target.name, model, counts)
-        others = [m for m in counts if m != model]
-        if note and not any(other in problem for problem in problems for other in others):
-            problems.append(note)  # unless verify_index() already says so
+        if note:
+            problems.append(note)
         state = "PROBLEMS" if problems else "ok"
         print(clean(f"{target.name}: {state}: sqlite {report.sqlite_count}, index "
                     f"{report.index_count}, metadata {report.metadata_count}, file "

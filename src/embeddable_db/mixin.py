@@ -14,7 +14,9 @@ record at a time). The mixin orchestrates three parts:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import gc
 import hashlib
 import json
@@ -32,6 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 from filelock import FileLock, Timeout
 
+from . import files
 from . import validation as check
 from .backends import VectorIndex, get_backend
 from .encoder import (
@@ -201,6 +204,7 @@ class EmbeddableDBMixin:
             else None
         )
         self._store = EmbeddingStore(conn, self.embedding_table)
+        self._check_files_before_open()  # a foreign file is refused before anything is written
         self._store.ensure_schema()
         stored_model, _ = self._store.identity()
         if stored_model is not None and stored_model != self.model_id and not allow_model_change:
@@ -242,34 +246,32 @@ class EmbeddableDBMixin:
         index_path: str | os.PathLike | None,
         metadata_path: str | os.PathLike | None,
     ) -> tuple[str | None, str | None]:
+        db_file = files.database_file(conn)
         if index_path is None:
-            db_file = next(
-                (row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), ""
-            )
             if not db_file:  # an in-memory database: keep the index in memory too
                 if metadata_path is not None:
                     raise InvalidInputError("metadata_path needs an index_path for this database")
                 return None, None
-            base = Path(db_file)
+            base = Path(files.text_path(db_file, "the database path"))
             index_path = base.with_name(f"{base.stem}_{self.embedding_table}.index")
-        try:
-            index = os.path.abspath(os.fspath(index_path))
-            meta = (
-                os.path.abspath(os.fspath(metadata_path))
-                if metadata_path is not None
-                else str(Path(index).with_suffix(".json"))
-            )
-        except TypeError as exc:
-            raise InvalidInputError(f"index_path and metadata_path must be paths ({exc})") from exc
+        # Symlinks are resolved once, here: the files and the lock are the target's.
+        index = files.resolved(index_path, "index_path")
+        meta = files.resolved(
+            metadata_path if metadata_path is not None else Path(index).with_suffix(".json"),
+            "metadata_path",
+        )
         if meta == index:
             raise InvalidInputError("metadata_path must differ from index_path")
-        for path in (index, meta):
+        for path, name in ((index, "index_path"), (meta, "metadata_path")):
             if os.path.isdir(path):
                 raise InvalidInputError(f"{path!r} is a folder: name a file inside it")
             if not os.path.isdir(os.path.dirname(path)):
                 raise InvalidInputError(
                     f"folder {os.path.dirname(path)!r} does not exist: create it first"
                 )
+            files.check_not_database(path, db_file, name)
+            files.stat_regular(path)  # a device or FIFO is refused, never opened
+        files.check_lock_path(index + ".lock")
         return index, meta
 
     def _database_name(self) -> str:
@@ -801,6 +803,85 @@ class EmbeddableDBMixin:
                 f"another process has held {self._file_lock.lock_file} for "
                 f"{LOCK_TIMEOUT_SECONDS} s; if none is running, delete the lock file"
             ) from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP and os.path.islink(self._file_lock.lock_file):
+                raise EmbeddingError(files.lock_symlink_message(self._file_lock.lock_file)) from exc
+            raise
+
+    def _check_files_before_open(self) -> None:
+        """Refuse foreign files and unreadable ones before the lock file or anything else is
+        written; repeated under the lock (where a writer cannot be mid-save) before refusing."""
+        if self.index_path is None:
+            return
+        for path in (self.index_path, self.metadata_path):
+            files.check_readable(path)
+        try:
+            self._own_files()
+        except StoreConflictError:
+            if not os.path.exists(self._file_lock.lock_file):
+                raise  # no writer has ever run here: nothing can be mid-save
+            with self._files_locked():
+                self._own_files()
+
+    def _own_files(self) -> tuple[os.stat_result | None, os.stat_result | None]:
+        """(index, metadata) stats once both are known to be this store's, or absent (files.py).
+
+        A manifest of this database but another store id is ours too: the database was
+        deleted and created again (``_read_own_manifest`` says so and rebuilds).
+        """
+        known = files.known_ids(self._store.meta)
+        try:
+            store_id = self._store.meta("store_id")
+        except sqlite3.OperationalError:  # before ensure_schema on a new database
+            store_id = None
+        parsed: list[Manifest | None] = []
+
+        def manifest() -> Manifest | None:
+            if not parsed:
+                try:
+                    parsed.append(read_manifest(self.metadata_path))
+                except ManifestError:
+                    parsed.append(None)
+            found = parsed[0]
+            if found is not None and found.store_id != store_id and (
+                found.database != self._database_name()
+            ):
+                raise StoreConflictError(
+                    f"{self.metadata_path} belongs to another store ({found.database}): give "
+                    "each store its own index_path and metadata_path"
+                )
+            return found
+
+        def index_vouched() -> bool:
+            own = manifest()
+            return own is not None and (
+                not known  # files of a version that recorded no ids, or a recreated database
+                or files.holds_nothing(self.index_path)
+                or file_checksum(self.index_path) == (own.index_size, own.index_checksum)
+            )
+
+        meta_st = files.check_replaceable(
+            self.metadata_path, "metadata", known, lambda: manifest() is not None
+        )
+        index_st = files.check_replaceable(self.index_path, "index", known, index_vouched)
+        return index_st, meta_st
+
+    def _remember_files_written(self, temps: Iterable[str | None], current: Iterable[Any]) -> None:
+        """Record the ids of the files about to be published, so that one damaged in place is
+        still recognised as the store's own; a read-only database or a caller's open
+        transaction only loses that aid (content checks still recognise intact files)."""
+        if self.conn.in_transaction:
+            return
+        new = [files.file_id(os.stat(tmp)) for tmp in temps if tmp is not None]
+        old = [files.file_id(st) for st in current if st is not None]
+        try:
+            with self._store.write():
+                self._store.set_meta(
+                    files.FILE_IDS_KEY,
+                    files.merged_ids(new, [*old, *(files.known_ids(self._store.meta) or ())]),
+                )
+        except sqlite3.Error as exc:
+            log.debug("could not record the ids of %s: %s", self.index_path, exc)
 
     def _open_live(self) -> LiveIndex:
         """Load the index files if they are this store's and intact; else rebuild them."""
@@ -848,6 +929,13 @@ class EmbeddableDBMixin:
                 )
             return None
         if manifest.store_id != self._store.store_id:
+            if manifest.database == self._database_name():
+                log.warning(
+                    "embedding metadata %s was written for an earlier database of the same "
+                    "name (%s was deleted and created again): the old index is discarded and "
+                    "rebuilt from the vectors in SQLite", self.metadata_path, manifest.database,
+                )
+                return None
             raise StoreConflictError(
                 f"{self.metadata_path} belongs to another store ({manifest.database}): give "
                 "each store its own index_path and metadata_path"
@@ -937,10 +1025,14 @@ class EmbeddableDBMixin:
         live = self._live
         assert live.pending == 0, "compact before writing files"
         on_disk = 0
+        # Only files this store wrote are replaced or deleted; checked before writing any.
+        current = self._own_files()
         try:
             previous = read_manifest(self.metadata_path)
             if previous is not None:
-                if previous.store_id != self._store.store_id:
+                if previous.store_id != self._store.store_id and (
+                    previous.database != self._database_name()
+                ):
                     raise StoreConflictError(
                         f"{self.metadata_path} now belongs to another store ({previous.database})"
                         ": give each store its own index_path and metadata_path"
@@ -963,10 +1055,12 @@ class EmbeddableDBMixin:
             )
             # Both files are written and fsynced before either replaces its old version,
             # so a failed write leaves the previous index and metadata intact as a pair.
+            self._remember_files_written((index_tmp, manifest_tmp), current)
             if index_tmp is not None:
                 publish(index_tmp, self.index_path)
-            elif os.path.exists(self.index_path):
-                os.unlink(self.index_path)
+            elif current[0] is not None:  # only ever a file _own_files() said is ours
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.index_path)
             publish(manifest_tmp, self.metadata_path)
         except BaseException:
             discard_temp(index_tmp)

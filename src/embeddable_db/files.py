@@ -153,7 +153,13 @@ def same_path(a: str, b: str) -> bool:
 
 def database_file(conn: sqlite3.Connection) -> str:
     """The main database's file, '' for an in-memory database."""
-    row = next((r for r in conn.execute("PRAGMA database_list") if r[1] == "main"), None)
+    try:
+        row = next((r for r in conn.execute("PRAGMA database_list") if r[1] == "main"), None)
+    except sqlite3.OperationalError as exc:  # "Could not decode to UTF-8 column 'file'"
+        raise InvalidInputError(
+            f"the database's file name is not valid UTF-8 ({exc}): choose a path of UTF-8 "
+            "characters"
+        ) from exc
     return row[2] if row and row[2] else ""
 
 

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from .. import validation as check
 from ..encoder import DEFAULT_MODEL
 from ..errors import EmbeddingError, InvalidInputError
+from ..files import text_path
 from ..mixin import EmbeddableDBMixin
 from .records import TableSpec, UnreadableRow, positive_int, row_id, utc_now
 
@@ -139,12 +140,19 @@ class RecordDB(EmbeddableDBMixin):
         """
         if path is not None and data_dir is not None:
             raise InvalidInputError("give either path or data_dir, not both")
+        path, data_dir, index_path, metadata_path = (  # one clear error for non-UTF-8 paths
+            None if value is None else text_path(value, name)
+            for value, name in (
+                (path, "path"), (data_dir, "data_dir"), (index_path, "index_path"),
+                (metadata_path, "metadata_path"),
+            )
+        )
         if path is not None and os.fspath(path) == ":memory:":
             db_file = ":memory:"
         else:
             if path is None:
                 home = data_dir if data_dir is not None else os.environ.get(HOME_ENV) or DEFAULT_HOME
-                path = Path(home) / cls.name / f"{cls.name}.db"
+                path = Path(text_path(home, HOME_ENV)) / cls.name / f"{cls.name}.db"
             db_file = os.path.abspath(Path(path).expanduser())
             if index_path is None:
                 index_path = Path(db_file).with_name(cls.index_filename)

@@ -188,6 +188,15 @@ def lock_symlink_message(lock_path: str) -> str:
     )
 
 
+def stat_key(path: str) -> tuple[int, ...] | None:
+    """What changes when a file is replaced or rewritten (None when there is no file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def file_id(st: os.stat_result) -> FileId:
     return (st.st_dev, st.st_ino)
 

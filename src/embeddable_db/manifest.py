@@ -203,7 +203,10 @@ def write_temp(path: str, write: Callable[[str], None]) -> str:
 
 def publish(tmp: str, path: str) -> None:
     """Atomically put a file from ``write_temp`` in place of ``path``."""
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except PermissionError as exc:  # e.g. another user's file in a sticky folder
+        raise permission_denied(path, "replace") from exc
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 

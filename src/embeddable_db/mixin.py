@@ -839,7 +839,9 @@ class EmbeddableDBMixin:
         def manifest() -> Manifest | None:
             if not parsed:
                 try:
+                    key = files.stat_key(self.metadata_path)
                     parsed.append(read_manifest(self.metadata_path))
+                    self._parsed_manifest = (key, parsed[0])  # for _read_own_manifest
                 except ManifestError:
                     parsed.append(None)
             found = parsed[0]
@@ -866,6 +868,16 @@ class EmbeddableDBMixin:
         index_st = files.check_replaceable(self.index_path, "index", known, index_vouched)
         return index_st, meta_st
 
+    def _read_manifest_once(self) -> Manifest | None:
+        """The manifest, reusing the one ``_own_files`` parsed if the file is unchanged since:
+        a 100k-record manifest takes a noticeable time to parse, and opening needs it once."""
+        cached, self._parsed_manifest = getattr(self, "_parsed_manifest", None), None
+        if cached is not None and cached[0] is not None and (
+            files.stat_key(self.metadata_path) == cached[0]
+        ):
+            return cached[1]
+        return read_manifest(self.metadata_path)
+
     def _remember_files_written(self, temps: Iterable[str | None], current: Iterable[Any]) -> None:
         """Record the ids of the files about to be published, so that one damaged in place is
         still recognised as the store's own; a read-only database or a caller's open
@@ -889,6 +901,8 @@ class EmbeddableDBMixin:
             self._live = None  # type: ignore[assignment]
             return self._rebuild_live()
         with self._files_locked(), _gc_paused():
+            for path in (self.index_path, self.metadata_path):
+                files.check_readable(path)  # a FIFO never blocks, "permission denied" is said
             remove_stale_temps(self.index_path)
             remove_stale_temps(self.metadata_path)
             manifest = self._read_own_manifest()
@@ -914,7 +928,7 @@ class EmbeddableDBMixin:
         A manifest of another store, model or dimension is refused, never overwritten.
         """
         try:
-            manifest = read_manifest(self.metadata_path)
+            manifest = self._read_manifest_once()
         except ManifestError as exc:
             log.warning(
                 "embedding metadata %s is damaged (%s): rebuilding the index from the vectors "
@@ -1027,6 +1041,7 @@ class EmbeddableDBMixin:
         on_disk = 0
         # Only files this store wrote are replaced or deleted; checked before writing any.
         current = self._own_files()
+        self._parsed_manifest = None  # read again below, after the lock was taken
         try:
             previous = read_manifest(self.metadata_path)
             if previous is not None:

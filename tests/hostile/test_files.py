@@ -236,6 +236,15 @@ def test_a_special_file_appearing_while_open_is_not_replaced(tmp_path, kind):
     assert not stat.S_ISREG(os.stat(db.metadata_path).st_mode)
 
 
+def test_a_fifo_replacing_the_index_of_an_open_store_does_not_block_a_reload(tmp_path):
+    db = _filled(tmp_path)
+    os.unlink(db.index_path)
+    os.mkfifo(db.index_path)
+    with _deadline(), pytest.raises(StoreConflictError, match="not a regular file"):
+        db.load_index()
+    assert stat.S_ISFIFO(os.stat(db.index_path).st_mode)
+
+
 # -- item 13: neighbours' temporary files ----------------------------------------------------------
 def test_opening_a_store_leaves_a_neighbours_in_flight_temp_files_alone(tmp_path):
     """``a.index`` and ``a.index.v2`` in one folder: opening the first mid-save of the second."""
@@ -346,15 +355,18 @@ def test_new_files_follow_the_umask(tmp_path, umask):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask, path
 
 
-def test_an_unreadable_metadata_file_says_permission_denied(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("which", ["index", "metadata"])
+def test_an_unreadable_file_says_permission_denied(tmp_path, monkeypatch, caplog, which):
+    """Tests run as root, which file modes do not stop: os.open is made to refuse instead."""
     db = _filled(tmp_path)
     db.close()
     db.conn.close()
+    denied = getattr(db, f"{which}_path")
     before = tree_digest(tmp_path)
     real_open = os.open
 
     def denying_open(path, flags, *args, **kwargs):
-        if os.fspath(path) == db.metadata_path:
+        if os.fspath(path) == denied:
             raise PermissionError(13, "Permission denied", path)
         return real_open(path, flags, *args, **kwargs)
 
@@ -363,10 +375,26 @@ def test_an_unreadable_metadata_file_says_permission_denied(tmp_path, monkeypatc
         EmbeddingError, match="permission denied"
     ) as info:
         _notes(tmp_path)
-    assert db.metadata_path in str(info.value) and "chmod" in str(info.value)
-    assert not [r for r in caplog.records if "damaged" in r.getMessage()]
+    assert denied in str(info.value) and "chmod" in str(info.value)
+    assert not [r for r in caplog.records if "rebuilding" in r.getMessage()]
     monkeypatch.undo()
     assert tree_digest(tmp_path) == before
+
+
+def test_a_file_that_cannot_be_replaced_says_permission_denied(tmp_path, monkeypatch):
+    """Another user's file in a sticky folder cannot be replaced: said so, naming the file."""
+    db = _filled(tmp_path)
+    db.add_embedding(99, {"body": "pending"}, "note")
+
+    def denying_replace(src, dst):
+        raise PermissionError(1, "Operation not permitted", dst)
+
+    monkeypatch.setattr(os, "replace", denying_replace)
+    with pytest.raises(EmbeddingError, match="permission denied to replace") as info:
+        db.save_index()
+    assert db.index_path in str(info.value)
+    monkeypatch.undo()
+    assert not [n for n in os.listdir(tmp_path) if "~tmp-" in n], "temporary files left behind"
 
 
 # -- item 27: a recreated database -----------------------------------------------------------------

@@ -1,13 +1,12 @@
-"""Path safety for the index and metadata files: which files a store may read and replace.
+"""Path safety for the index and metadata files: what a store may open, read and replace.
 
-The index and its JSON are a cache that the store replaces at will, so it must only ever
-replace files it wrote itself. A file at ``index_path``/``metadata_path`` counts as the store's
-own when it is one of the files the store last published (their ``(st_dev, st_ino)`` are kept
-in the SQLite meta table, so a file damaged in place is still recognised), when its content
-proves it (a manifest naming this store or this database; an index matching such a manifest's
-checksum), or when it holds nothing to lose (empty or only zero bytes). Anything else - the
-database itself, a user's file, a device, a FIFO - is refused before anything is written.
-Only regular files are opened, and never in a way that blocks on a FIFO.
+Paths are text of UTF-8 characters (the index libraries and the JSON manifest carry nothing
+else) and are resolved once, so a symlinked path, its lock and its files are the target's.
+Only regular files are opened, never in a way that blocks on a FIFO or reads a device without
+end, and the database's own files are never an index or metadata path. A file the user may
+not read is said to be so ("permission denied"), never taken for damage and rebuilt. Which
+existing files are the store's own is decided in ``ownership.py`` with ``check_replaceable``.
+A replacement file gets the permission bits of the file it replaces, else the umask's.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ record at a time). The mixin orchestrates three parts:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import gc
@@ -27,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -64,6 +63,7 @@ from .manifest import (
     write_manifest_temp,
     write_temp,
 )
+from .ownership import OwnFiles, own_files, remember_written
 from .reports import BackfillInterrupted, BackfillResult, VerifyReport
 from .store import EmbeddingStore, VectorRow
 
@@ -823,50 +823,11 @@ class EmbeddableDBMixin:
             with self._files_locked():
                 self._own_files()
 
-    def _own_files(self) -> tuple[os.stat_result | None, os.stat_result | None]:
-        """(index, metadata) stats once both are known to be this store's, or absent (files.py).
-
-        A manifest of this database but another store id is ours too: the database was
-        deleted and created again (``_read_own_manifest`` says so and rebuilds).
-        """
-        known = files.known_ids(self._store.meta)
-        try:
-            store_id = self._store.meta("store_id")
-        except sqlite3.OperationalError:  # before ensure_schema on a new database
-            store_id = None
-        parsed: list[Manifest | None] = []
-
-        def manifest() -> Manifest | None:
-            if not parsed:
-                try:
-                    key = files.stat_key(self.metadata_path)
-                    parsed.append(read_manifest(self.metadata_path))
-                    self._parsed_manifest = (key, parsed[0])  # for _read_own_manifest
-                except ManifestError:
-                    parsed.append(None)
-            found = parsed[0]
-            if found is not None and found.store_id != store_id and (
-                found.database != self._database_name()
-            ):
-                raise StoreConflictError(
-                    f"{self.metadata_path} belongs to another store ({found.database}): give "
-                    "each store its own index_path and metadata_path"
-                )
-            return found
-
-        def index_vouched() -> bool:
-            own = manifest()
-            return own is not None and (
-                not known  # files of a version that recorded no ids, or a recreated database
-                or files.holds_nothing(self.index_path)
-                or file_checksum(self.index_path) == (own.index_size, own.index_checksum)
-            )
-
-        meta_st = files.check_replaceable(
-            self.metadata_path, "metadata", known, lambda: manifest() is not None
-        )
-        index_st = files.check_replaceable(self.index_path, "index", known, index_vouched)
-        return index_st, meta_st
+    def _own_files(self) -> OwnFiles:
+        """Both files' stats once each is known to be this store's, or absent (ownership.py)."""
+        found = own_files(self._store, self.index_path, self.metadata_path, self._database_name())
+        self._parsed_manifest = found.parsed  # for _read_own_manifest
+        return found
 
     def _read_manifest_once(self) -> Manifest | None:
         """The manifest, reusing the one ``_own_files`` parsed if the file is unchanged since:
@@ -877,23 +838,6 @@ class EmbeddableDBMixin:
         ):
             return cached[1]
         return read_manifest(self.metadata_path)
-
-    def _remember_files_written(self, temps: Iterable[str | None], current: Iterable[Any]) -> None:
-        """Record the ids of the files about to be published, so that one damaged in place is
-        still recognised as the store's own; a read-only database or a caller's open
-        transaction only loses that aid (content checks still recognise intact files)."""
-        if self.conn.in_transaction:
-            return
-        new = [files.file_id(os.stat(tmp)) for tmp in temps if tmp is not None]
-        old = [files.file_id(st) for st in current if st is not None]
-        try:
-            with self._store.write():
-                self._store.set_meta(
-                    files.FILE_IDS_KEY,
-                    files.merged_ids(new, [*old, *(files.known_ids(self._store.meta) or ())]),
-                )
-        except sqlite3.Error as exc:
-            log.debug("could not record the ids of %s: %s", self.index_path, exc)
 
     def _open_live(self) -> LiveIndex:
         """Load the index files if they are this store's and intact; else rebuild them."""
@@ -1070,11 +1014,11 @@ class EmbeddableDBMixin:
             )
             # Both files are written and fsynced before either replaces its old version,
             # so a failed write leaves the previous index and metadata intact as a pair.
-            self._remember_files_written((index_tmp, manifest_tmp), current)
+            remember_written(self._store, (index_tmp, manifest_tmp), current)
             if index_tmp is not None:
                 publish(index_tmp, self.index_path)
-            elif current[0] is not None:  # only ever a file _own_files() said is ours
-                with contextlib.suppress(FileNotFoundError):
+            elif current.index is not None:  # only ever a file _own_files() said is ours
+                with suppress(FileNotFoundError):
                     os.unlink(self.index_path)
             publish(manifest_tmp, self.metadata_path)
         except BaseException:

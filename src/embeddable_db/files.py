@@ -162,15 +162,16 @@ def database_file(conn: sqlite3.Connection) -> str:
     return row[2] if row and row[2] else ""
 
 
-def check_not_database(path: str, db_file: str, name: str) -> None:
+def check_not_database(path: str, db_file: str, name: str, option: str | None = None) -> None:
     """Refuse the database's own file and its companions, however the path is spelled."""
     if not db_file:
         return
     for suffix in ("", "-wal", "-shm", "-journal"):
         if same_path(path, db_file + suffix):
+            part = f" ({suffix[1:]} file)" if suffix else ""
             raise StoreConflictError(
-                f"{name} {path} is the database's own file{' (' + suffix[1:] + ')' if suffix else ''}"
-                f" ({db_file}): choose another {name}"
+                f"{name} {path} is the database's own file{part} ({db_file}): choose another "
+                f"{option or name}"
             )
 
 

@@ -272,6 +272,9 @@ class EmbeddableDBMixin:
             files.check_not_database(path, db_file, name)
             files.stat_regular(path)  # a device or FIFO is refused, never opened
         files.check_lock_path(index + ".lock")
+        files.check_not_database(index + ".lock", db_file, "the lock file", "index_path")
+        if meta == index + ".lock":
+            raise InvalidInputError("metadata_path must differ from the lock file index_path.lock")
         return index, meta
 
     def _database_name(self) -> str:

@@ -94,6 +94,15 @@ def test_the_database_file_itself_is_refused(tmp_path, which, suffix):
     assert tree_digest(tmp_path) == before
 
 
+def test_an_index_whose_lock_file_would_be_the_database_is_refused(tmp_path):
+    path = _prepared_db(tmp_path, "n.lock")
+    before = tree_digest(tmp_path)
+    with pytest.raises(StoreConflictError, match="lock file .* is the database's own file"):
+        NotesDB(path, encoder=HashingEncoder(16), index_path=str(tmp_path / "n"),
+                metadata_path=str(tmp_path / "n.json"))
+    assert tree_digest(tmp_path) == before
+
+
 def test_a_hard_link_to_the_database_is_refused(tmp_path):
     path = _prepared_db(tmp_path)
     os.link(path, tmp_path / "alias.index")

@@ -22,7 +22,6 @@ from typing import Any
 from .errors import EmbeddingError, InvalidInputError, StoreConflictError
 
 FILE_IDS_KEY = "file_ids"  # meta key: [[st_dev, st_ino], ...] of the files last published
-_KEEP_IDS = 8  # the newest pair and a few before it: a reader racing a save still matches
 _CHUNK = 1 << 20
 
 FileId = tuple[int, int]
@@ -220,7 +219,7 @@ def merged_ids(new: Iterable[FileId], old: Iterable[FileId]) -> str:
     for item in [*new, *old]:
         if item not in ids:
             ids.append(item)
-    return json.dumps([list(item) for item in ids[:_KEEP_IDS]])
+    return json.dumps([list(item) for item in ids])
 
 
 def check_replaceable(

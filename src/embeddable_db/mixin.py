@@ -63,7 +63,7 @@ from .manifest import (
     write_manifest_temp,
     write_temp,
 )
-from .ownership import OwnFiles, own_files, remember_written
+from .ownership import OwnFiles, own_files, remember_published, remember_written
 from .reports import BackfillInterrupted, BackfillResult, VerifyReport
 from .store import EmbeddingStore, VectorRow
 
@@ -1017,13 +1017,14 @@ class EmbeddableDBMixin:
             )
             # Both files are written and fsynced before either replaces its old version,
             # so a failed write leaves the previous index and metadata intact as a pair.
-            remember_written(self._store, (index_tmp, manifest_tmp), current)
+            new_ids = remember_written(self._store, (index_tmp, manifest_tmp), current)
             if index_tmp is not None:
                 publish(index_tmp, self.index_path)
             elif current.index is not None:  # only ever a file _own_files() said is ours
                 with suppress(FileNotFoundError):
                     os.unlink(self.index_path)
             publish(manifest_tmp, self.metadata_path)
+            remember_published(self._store, new_ids)
         except BaseException:
             discard_temp(index_tmp)
             discard_temp(manifest_tmp)

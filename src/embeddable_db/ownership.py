@@ -4,20 +4,22 @@ The index and its JSON are a cache that the store replaces at will, so it replac
 only files it wrote. A file is the store's own when:
 
 - its ``(st_dev, st_ino)`` is one the store recorded in its SQLite meta table when it last
-  published its files (``remember_written``; the ids of the temporary files are recorded just
-  before they are renamed into place, so a kill in between still leaves recognised files, and
-  a file damaged in place keeps its inode and is still recognised and rebuilt);
+  published its files (``remember_written``: the ids of the temporary files and of the files
+  they replace are recorded just before the renames, so a kill in between still leaves
+  recognised files, then ``remember_published`` keeps only the new ones); a file damaged in
+  place keeps its inode and is still recognised and rebuilt;
 - or its content proves it: a manifest naming this store, or this very database and table
   (the database was deleted and created again, so its store id changed); an index whose size
   and checksum are those such a manifest records, or any index beside such a manifest when
   the store has recorded no ids yet (files written before ids were recorded);
 - or it holds nothing to lose: empty, or only zero bytes.
 
-Anything else is refused before anything is written. Recording ids costs one small commit per
+Anything else is refused before anything is written. Recording ids costs two small commits per
 save; without it (a read-only database, a caller's open transaction) intact files are still
-recognised by their content. A recorded inode number reused by an unrelated file after the
-store's own file was deleted would be taken for the store's: rare, and only ever a file at the
-very path the store was told to use.
+recognised by their content. Only ids of existing files are kept, because inode numbers of
+deleted files are reused at once; a store file deleted by hand (or a kill between the renames
+and the second commit) leaves an id that a new file at the very same path could reuse until
+the next save: then that file would be taken for the store's.
 """
 
 from __future__ import annotations
@@ -90,19 +92,30 @@ def own_files(
 
 def remember_written(
     store: EmbeddingStore, temps: Iterable[str | None], current: OwnFiles
-) -> None:
-    """Record the ids of the temporary files about to be published (and of the current ones,
-    in case the publish does not happen): one small commit, skipped inside a caller's open
-    transaction and on a database that cannot be written."""
-    if store.conn.in_transaction:
-        return
+) -> list[files.FileId]:
+    """Record the ids of the temporary files about to be published, and of the current files
+    (a kill before the rename leaves those in place); returns the new ids for
+    ``remember_published``. Only ids of files that exist are kept: a deleted file's inode
+    number is soon reused (often by the very next file made in the folder), and must not
+    make a stranger look like the store's own."""
     new = [files.file_id(os.stat(tmp)) for tmp in temps if tmp is not None]
     old = [files.file_id(st) for st in (current.index, current.metadata) if st is not None]
+    _record(store, files.merged_ids(new, old))
+    return new
+
+
+def remember_published(store: EmbeddingStore, new: list[files.FileId]) -> None:
+    """After the renames the replaced files are gone: keep only the ids of the new ones."""
+    _record(store, files.merged_ids(new, ()))
+
+
+def _record(store: EmbeddingStore, value: str) -> None:
+    """One small commit; skipped inside a caller's open transaction and on a database that
+    cannot be written (intact files are still recognised by their content)."""
+    if store.conn.in_transaction:
+        return
     try:
         with store.write():
-            store.set_meta(
-                files.FILE_IDS_KEY,
-                files.merged_ids(new, [*old, *(files.known_ids(store.meta) or ())]),
-            )
+            store.set_meta(files.FILE_IDS_KEY, value)
     except sqlite3.Error:
         pass

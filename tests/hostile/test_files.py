@@ -193,6 +193,29 @@ def test_own_files_damaged_by_a_copy_over_them_are_refused_but_damage_in_place_r
     assert tree_digest(tmp_path) == before
 
 
+def test_a_stranger_reusing_a_replaced_files_inode_number_is_refused(tmp_path):
+    """Inode numbers of deleted files are reused at once: after a save, the replaced files'
+    ids must no longer vouch for whatever file gets them next."""
+    db = _filled(tmp_path)
+    freed = {(os.stat(p).st_dev, os.stat(p).st_ino) for p in (db.index_path, db.metadata_path)}
+    db.add_embedding(99, {"body": "one more"}, "note")
+    db.save_index()  # replaces both files: their inode numbers are free again
+    for attempt in range(200):
+        stranger = tmp_path / f"stranger{attempt}"
+        FOREIGN["random-bytes"](stranger)
+        st = os.stat(stranger)
+        if (st.st_dev, st.st_ino) in freed:
+            break
+    else:
+        pytest.skip("this file system did not reuse an inode number")
+    os.replace(stranger, db.index_path)
+    before = file_bytes(db.index_path)
+    db.add_embedding(100, {"body": "and another"}, "note")
+    with pytest.raises(StoreConflictError, match="not this store's index"):
+        db.save_index()
+    assert file_bytes(db.index_path) == before
+
+
 def test_a_zero_filled_stranger_is_harmless_and_replaced(tmp_path):
     """An empty or zero-filled file holds nothing to lose: it may be replaced."""
     _prepared_db(tmp_path)

@@ -27,10 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from .files import mode_for, open_regular, permission_denied
 
 SCHEMA_VERSION = 2  # 2: the manifest checksum and index_digest
 RECORD_FIELDS = ["label", "record_id", "kind", "source_id", "created_at", "embedding_version"]
@@ -39,6 +42,7 @@ _SAMPLES = 64
 _CHUNK = 1 << 20
 _CHECKSUM_KEY = ',"checksum":"'
 _CHECKSUM_HEX = 64  # sha256
+_TEMP_MARK = ".~tmp-"
 
 
 class ManifestError(ValueError):
@@ -161,13 +165,21 @@ def parse_manifest(text: str) -> Manifest:
 
 
 def read_manifest(path: str) -> Manifest | None:
-    """The manifest at ``path``; None when there is no file; ManifestError when damaged."""
+    """The manifest at ``path``; None when there is no file; ManifestError when damaged.
+
+    Only a regular file is read (a FIFO or device at the path is refused, never waited on or
+    read forever); a file the user may not read is said to be so, not called damaged.
+    """
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open_regular(path) as handle:
+            data = handle.read()
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ManifestError(f"unreadable ({exc})") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ManifestError(f"unreadable ({exc})") from exc
     return parse_manifest(text)
 
@@ -200,19 +212,46 @@ def file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
+def temp_path(path: str) -> str:
+    """A new temporary name beside ``path``: ``.<name>.~tmp-<16 hex digits>``.
+
+    The ``.~tmp-`` separator cannot continue another index's name into this shape (a
+    neighbour ``a.index.v2`` makes ``.a.index.v2.~tmp-...``), so sweeping one store's
+    temporary files never touches another's in-flight save.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.join(folder, f".{os.path.basename(path)}{_TEMP_MARK}{secrets.token_hex(8)}")
+
+
+def _temp_pattern(path: str) -> re.Pattern[str]:
+    name = re.escape(os.path.basename(path))
+    # The current shape, and the exact shape of earlier versions (mkstemp's 8 characters).
+    return re.compile(rf"\.{name}(?:{re.escape(_TEMP_MARK)}[0-9a-f]{{16}}|\.[a-z0-9_]{{8}}\.tmp)")
+
+
 def write_temp(path: str, write: Callable[[str], None]) -> str:
     """Call ``write(tmp_path)`` on a new temporary file beside ``path`` and fsync it.
 
     Returns the temporary path for ``publish``; on failure (a full disk) it is removed and
-    ``path`` is untouched.
+    ``path`` is untouched. The file gets the permission bits of the file it will replace, or
+    those the umask gives a new file (see ``files.mode_for``).
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    mode = mode_for(path)
+    while True:
+        tmp = temp_path(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except FileExistsError:
+            continue
+        except PermissionError as exc:
+            raise permission_denied(os.path.dirname(tmp), "write in the folder") from exc
+        break
     os.close(fd)
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, mode)  # last: a 0444 file could not be written by its owner
     except BaseException:
         discard_temp(tmp)
         raise
@@ -221,7 +260,10 @@ def write_temp(path: str, write: Callable[[str], None]) -> str:
 
 def publish(tmp: str, path: str) -> None:
     """Atomically put a file from ``write_temp`` in place of ``path``."""
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except PermissionError as exc:  # e.g. another user's file in a sticky folder
+        raise permission_denied(path, "replace") from exc
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
@@ -239,17 +281,20 @@ def remove_stale_temps(path: str) -> None:
 
     Call only under the store's file lock: every writer holds it, so any temporary file seen
     then belongs to a process that died mid-save (SIGKILL, power loss) and would otherwise
-    stay on disk for good, one index-sized file per crash.
+    stay on disk for good, one index-sized file per crash. Only names of exactly the shape
+    ``temp_path`` makes for ``path`` match: never a neighbour's, never a user's file.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}."
+    pattern = _temp_pattern(path)
     try:
         names = os.listdir(folder)
     except OSError:
         return
     for name in names:
-        if name.startswith(prefix) and name.endswith(".tmp"):
-            discard_temp(os.path.join(folder, name))
+        if pattern.fullmatch(name):
+            full = os.path.join(folder, name)
+            if os.path.isfile(full) and not os.path.islink(full):
+                discard_temp(full)
 
 
 def _fsync_dir(folder: str) -> None:

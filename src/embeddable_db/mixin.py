@@ -23,6 +23,7 @@ write with a ``ReadOnlyError``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gc
 import hashlib
 import json
@@ -33,13 +34,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from filelock import FileLock, Timeout
 
+from . import files
 from . import validation as check
 from .backends import VectorIndex, get_backend
 from .encoder import (
@@ -81,8 +83,9 @@ from .manifest import (
     write_temp,
 )
 from .owner import store_owner
+from .ownership import OwnFiles, own_files, remember_published, remember_written
 from .reports import BackfillInterrupted, BackfillResult, VerifyReport
-from .store import VectorRow
+from .store import EmbeddingStore, VectorRow
 
 log = logging.getLogger(__name__)
 
@@ -223,11 +226,15 @@ class EmbeddableDBMixin:
             if self.index_path
             else None
         )
+        owner = store_owner(type(self), EmbeddableDBMixin)
         if read_only and self._file_lock is not None:  # shared, and never creates the file
             self._file_lock = SharedLock(self._file_lock.lock_file)
+        if not read_only:  # a foreign file is refused before anything is written
+            self._store = EmbeddingStore(conn, self.embedding_table, owner=owner)
+            self._check_files_before_open()
         self._store = open_store(
             conn, self.embedding_table, read_only=read_only, name=self._database_name(),
-            owner=store_owner(type(self), EmbeddableDBMixin),
+            owner=owner,
         )
         stored_model, _ = self._store.identity()
         if stored_model is not None and stored_model != self.model_id and not allow_model_change:
@@ -270,34 +277,35 @@ class EmbeddableDBMixin:
         index_path: str | os.PathLike | None,
         metadata_path: str | os.PathLike | None,
     ) -> tuple[str | None, str | None]:
+        db_file = files.database_file(conn)
         if index_path is None:
-            db_file = next(
-                (row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), ""
-            )
             if not db_file:  # an in-memory database: keep the index in memory too
                 if metadata_path is not None:
                     raise InvalidInputError("metadata_path needs an index_path for this database")
                 return None, None
-            base = Path(db_file)
+            base = Path(files.text_path(db_file, "the database path"))
             index_path = base.with_name(f"{base.stem}_{self.embedding_table}.index")
-        try:
-            index = os.path.abspath(os.fspath(index_path))
-            meta = (
-                os.path.abspath(os.fspath(metadata_path))
-                if metadata_path is not None
-                else str(Path(index).with_suffix(".json"))
-            )
-        except TypeError as exc:
-            raise InvalidInputError(f"index_path and metadata_path must be paths ({exc})") from exc
+        # Symlinks are resolved once, here: the files and the lock are the target's.
+        index = files.resolved(index_path, "index_path")
+        meta = files.resolved(
+            metadata_path if metadata_path is not None else Path(index).with_suffix(".json"),
+            "metadata_path",
+        )
         if meta == index:
             raise InvalidInputError("metadata_path must differ from index_path")
-        for path in (index, meta):
+        for path, name in ((index, "index_path"), (meta, "metadata_path")):
             if os.path.isdir(path):
                 raise InvalidInputError(f"{path!r} is a folder: name a file inside it")
             if not os.path.isdir(os.path.dirname(path)):
                 raise InvalidInputError(
                     f"folder {os.path.dirname(path)!r} does not exist: create it first"
                 )
+            files.check_not_database(path, db_file, name)
+            files.stat_regular(path)  # a device or FIFO is refused, never opened
+        files.check_lock_path(index + ".lock")
+        files.check_not_database(index + ".lock", db_file, "the lock file", "index_path")
+        if meta == index + ".lock":
+            raise InvalidInputError("metadata_path must differ from the lock file index_path.lock")
         return index, meta
 
     def _database_name(self) -> str:
@@ -856,6 +864,41 @@ class EmbeddableDBMixin:
                 f"another process has held {self._file_lock.lock_file} for "
                 f"{LOCK_TIMEOUT_SECONDS} s; if none is running, delete the lock file"
             ) from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP and os.path.islink(self._file_lock.lock_file):
+                raise EmbeddingError(files.lock_symlink_message(self._file_lock.lock_file)) from exc
+            raise
+
+    def _check_files_before_open(self) -> None:
+        """Refuse foreign files and unreadable ones before the lock file or anything else is
+        written; repeated under the lock (where a writer cannot be mid-save) before refusing."""
+        if self.index_path is None:
+            return
+        for path in (self.index_path, self.metadata_path):
+            files.check_readable(path)
+        try:
+            self._own_files()
+        except StoreConflictError:
+            if not os.path.exists(self._file_lock.lock_file):
+                raise  # no writer has ever run here: nothing can be mid-save
+            with self._files_locked():
+                self._own_files()
+
+    def _own_files(self) -> OwnFiles:
+        """Both files' stats once each is known to be this store's, or absent (ownership.py)."""
+        found = own_files(self._store, self.index_path, self.metadata_path, self._database_name())
+        self._parsed_manifest = found.parsed  # for _read_own_manifest
+        return found
+
+    def _read_manifest_once(self) -> Manifest | None:
+        """The manifest, reusing the one ``_own_files`` parsed if the file is unchanged since:
+        a 100k-record manifest takes a noticeable time to parse, and opening needs it once."""
+        cached, self._parsed_manifest = getattr(self, "_parsed_manifest", None), None
+        if cached is not None and cached[0] is not None and (
+            files.stat_key(self.metadata_path) == cached[0]
+        ):
+            return cached[1]
+        return read_manifest(self.metadata_path)
 
     def _open_live(self) -> LiveIndex:
         """Load the index files if they are this store's and intact; else rebuild them.
@@ -868,6 +911,8 @@ class EmbeddableDBMixin:
             return self._rebuild_live()
         read_only = self._handle.read_only
         with self._files_locked(), _gc_paused():
+            for path in (self.index_path, self.metadata_path):
+                files.check_readable(path)  # a FIFO never blocks, "permission denied" is said
             if not read_only:
                 remove_stale_temps(self.index_path)
                 remove_stale_temps(self.metadata_path)
@@ -922,7 +967,7 @@ class EmbeddableDBMixin:
         A manifest of another store, model or dimension is refused, never overwritten.
         """
         try:
-            manifest = read_manifest(self.metadata_path)
+            manifest = self._read_manifest_once()
         except ManifestError as exc:
             log.warning(
                 "embedding metadata %s is damaged (%s): rebuilding the index from the vectors "
@@ -937,6 +982,13 @@ class EmbeddableDBMixin:
                 )
             return None
         if manifest.store_id != self._store.store_id:
+            if manifest.database == self._database_name():
+                log.warning(
+                    "embedding metadata %s was written for an earlier database of the same "
+                    "name (%s was deleted and created again): the old index is discarded and "
+                    "rebuilt from the vectors in SQLite", self.metadata_path, manifest.database,
+                )
+                return None
             raise StoreConflictError(
                 f"{self.metadata_path} belongs to another store ({manifest.database}): give "
                 "each store its own index_path and metadata_path"
@@ -1038,10 +1090,15 @@ class EmbeddableDBMixin:
         live = self._live
         assert live.pending == 0, "compact before writing files"
         on_disk = 0
+        # Only files this store wrote are replaced or deleted; checked before writing any.
+        current = self._own_files()
+        self._parsed_manifest = None  # read again below, after the lock was taken
         try:
             previous = read_manifest(self.metadata_path)
             if previous is not None:
-                if previous.store_id != self._store.store_id:
+                if previous.store_id != self._store.store_id and (
+                    previous.database != self._database_name()
+                ):
                     raise StoreConflictError(
                         f"{self.metadata_path} now belongs to another store ({previous.database})"
                         ": give each store its own index_path and metadata_path"
@@ -1062,11 +1119,14 @@ class EmbeddableDBMixin:
             )
             # Both files are written and fsynced before either replaces its old version,
             # so a failed write leaves the previous index and metadata intact as a pair.
+            new_ids = remember_written(self._store, (index_tmp, manifest_tmp), current)
             if index_tmp is not None:
                 publish(index_tmp, self.index_path)
-            elif os.path.exists(self.index_path):
-                os.unlink(self.index_path)
+            elif current.index is not None:  # only ever a file _own_files() said is ours
+                with suppress(FileNotFoundError):
+                    os.unlink(self.index_path)
             publish(manifest_tmp, self.metadata_path)
+            remember_published(self._store, new_ids)
         except BaseException:
             discard_temp(index_tmp)
             discard_temp(manifest_tmp)

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 from .. import validation as check
 from ..errors import EmbeddingError, InvalidInputError, ReadOnlyError
+from ..files import text_path
 from ..handle import connect_read_only, sqlite_error
 from ..mixin import EmbeddableDBMixin
 from .records import TableSpec, UnreadableRow, positive_int, row_id, utc_now
@@ -63,7 +64,8 @@ def data_home(data_dir: str | os.PathLike | None = None) -> Path:
     (databases, indexes, locks) lands under one folder: ``data_dir``, else
     ``$EMBEDDABLE_DB_HOME``, else ``./data``."""
     home = data_dir if data_dir is not None else os.environ.get(HOME_ENV) or DEFAULT_HOME
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(home))))
+    home = text_path(home, "data_dir" if data_dir is not None else f"${HOME_ENV}")
+    return Path(os.path.abspath(os.path.expanduser(home)))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -186,6 +188,13 @@ class RecordDB(EmbeddableDBMixin):
         """
         if path is not None and data_dir is not None:
             raise InvalidInputError("give either path or data_dir, not both")
+        path, data_dir, index_path, metadata_path = (  # one clear error for non-UTF-8 paths
+            None if value is None else text_path(value, name)
+            for value, name in (
+                (path, "path"), (data_dir, "data_dir"), (index_path, "index_path"),
+                (metadata_path, "metadata_path"),
+            )
+        )
         if path is not None and os.fspath(path) == ":memory:":
             db_file = ":memory:"
         else:

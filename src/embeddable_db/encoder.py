@@ -184,7 +184,9 @@ class HashingEncoder:
     _WORD = re.compile(r"\w+")
 
     def __init__(self, dim: int = 64) -> None:
-        self.dim = int(dim)
+        from .validation import check_dimension  # validation imports the store: keep it lazy
+
+        self.dim = check_dimension(dim, f"{type(self).__name__}({dim!r})")
         self.model_name = f"{HASH_MODEL_PREFIX}{self.dim}"
         self.calls = 0
         self.texts_encoded = 0

@@ -372,3 +372,15 @@ def test_rows_changed_after_prepare_are_checked_again_before_writing(tmp_path, c
     assert db.get_vector("7") is not None
     assert _committed_notes(tmp_path / "notes.db") == ["my own row"]
     _close(db)
+
+
+@pytest.mark.parametrize("dim", [0, 10_000_000_000, True, 2.5])
+def test_a_hashing_encoder_of_an_impossible_size_is_refused(dim):
+    """get_encoder("hash:10000000000") used to allocate 37 GiB per record at the first text."""
+    from embeddable_db import InvalidInputError, get_encoder
+
+    with pytest.raises(InvalidInputError, match="dimension"):
+        HashingEncoder(dim)
+    if isinstance(dim, int) and not isinstance(dim, bool):
+        with pytest.raises(InvalidInputError, match="65,536"):
+            get_encoder(f"hash:{dim}")

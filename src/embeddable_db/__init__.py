@@ -1,26 +1,32 @@
-"""embeddable_db: persistent vector embeddings and semantic search for SQLite-backed databases."""
+"""embeddable_db: persistent vector embeddings and semantic search for SQLite-backed databases.
 
-from .encoder import DEFAULT_MODEL, HashingEncoder, SentenceTransformerEncoder, get_encoder
-from .errors import (
-    BackendUnavailableError,
-    ClosedStoreError,
-    CorruptIndexError,
-    DimensionMismatchError,
-    EmbeddingError,
-    EncodingError,
-    InvalidInputError,
-    InvalidVectorError,
-    ModelConflictError,
-    ModelUnavailableError,
-    ReadOnlyError,
-    StoreConflictError,
+Every public name loads on first use (PEP 562), so ``import embeddable_db.cli`` costs
+nothing: the command line takes over Ctrl-C before numpy, the mixin or the six databases
+load (~0.45 s), and a process that only needs the errors does not pay for the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_ENCODER = ("DEFAULT_MODEL", "HashingEncoder", "SentenceTransformerEncoder", "get_encoder")
+_ERRORS = (
+    "BackendUnavailableError",
+    "ClosedStoreError",
+    "CorruptIndexError",
+    "DimensionMismatchError",
+    "EmbeddingError",
+    "EncodingError",
+    "InvalidInputError",
+    "InvalidVectorError",
+    "ModelConflictError",
+    "ModelUnavailableError",
+    "ReadOnlyError",
+    "StoreConflictError",
 )
-from .mixin import EmbeddableDBMixin
-from .reports import BackfillInterrupted, BackfillResult, VerifyReport
-
-# The six databases load on first use: a process that only opens its own store and searches
-# (a cold CLI search, a web worker) does not pay ~30 ms to define them.
-_DATABASE_NAMES = frozenset({
+_REPORTS = ("BackfillInterrupted", "BackfillResult", "VerifyReport")
+_DATABASES = (
     "REGISTRY",
     "BotDB",
     "BotRecord",
@@ -38,37 +44,39 @@ _DATABASE_NAMES = frozenset({
     "TelemetryEvent",
     "WorkflowDB",
     "WorkflowRecord",
-})
+)
+_HOME: dict[str, str] = {
+    **dict.fromkeys(_ENCODER, "encoder"),
+    **dict.fromkeys(_ERRORS, "errors"),
+    **dict.fromkeys(_REPORTS, "reports"),
+    **dict.fromkeys(_DATABASES, "databases"),
+    "EmbeddableDBMixin": "mixin",
+}
 
 
 def __getattr__(name: str):
-    if name in _DATABASE_NAMES:
-        from . import databases
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # looked up once
+    return value
 
-        return getattr(databases, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})
 
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "BackendUnavailableError",
-    "BackfillInterrupted",
-    "BackfillResult",
-    "ClosedStoreError",
-    "CorruptIndexError",
-    "DimensionMismatchError",
-    "EmbeddableDBMixin",
-    "EmbeddingError",
-    "EncodingError",
-    "HashingEncoder",
-    "InvalidInputError",
-    "InvalidVectorError",
-    "ModelConflictError",
-    "ModelUnavailableError",
-    "ReadOnlyError",
-    "SentenceTransformerEncoder",
-    "StoreConflictError",
-    "VerifyReport",
-    "get_encoder",
-    *sorted(_DATABASE_NAMES),
-]
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from .databases import *  # noqa: F403
+    from .encoder import (  # noqa: F401
+        DEFAULT_MODEL,
+        HashingEncoder,
+        SentenceTransformerEncoder,
+        get_encoder,
+    )
+    from .errors import *  # noqa: F403
+    from .mixin import EmbeddableDBMixin  # noqa: F401
+    from .reports import BackfillInterrupted, BackfillResult, VerifyReport  # noqa: F401
+
+__all__ = sorted(_HOME)

@@ -304,6 +304,29 @@ def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(tmp_path, delay):
     assert err.strip().splitlines()[-1].startswith("interrupted"), err
 
 
+@pytest.mark.parametrize("delay", [0.3, 0.5])
+def test_ctrl_c_while_the_console_script_loads_the_library_exits_130(tmp_path, delay):
+    """The console script (as pip writes it) imports the package and calls main(): the package
+    loads nothing until used, so main() takes Ctrl-C over before numpy and the mixin load."""
+    data = tmp_path / "data"
+    big_bot_store(data, 30000)
+    console = [sys.executable, "-c",
+               "import sys; from embeddable_db.cli import main; sys.exit(main())"]
+    proc = subprocess.Popen([*console, "backfill", "--batch-size", "50", "--data-dir", str(data),
+                             "--model", MODEL],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environment())
+    try:
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (out, err)
+    no_traceback(err)
+    assert err.strip().splitlines()[-1].startswith("interrupted"), err
+
+
 def test_backfill_counts_records_with_sql_not_a_second_pass(data, monkeypatch, capsys):
     """The progress total comes from COUNT(*): the records are read once, by the backfill."""
     from embeddable_db.cli import main

@@ -18,9 +18,20 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
-    """Run one command; returns its exit code."""
-    from .commands import main as run
+    """Run one command; returns its exit code. A Ctrl-C while the library loads exits 130
+    quietly (the console script comes straight here); ``commands.main`` then takes over."""
+    import signal
+    import threading
 
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+        quit_on_ctrl_c()
+    try:
+        from .commands import main as run
+    finally:
+        if previous is not None:  # a caller's own handler (an in-process main()) comes back
+            signal.signal(signal.SIGINT, previous)
     return run(argv, prog=prog)
 
 

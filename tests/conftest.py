@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 
 import numpy as np
 import pytest
 
 from embeddable_db import EmbeddableDBMixin, HashingEncoder
+
+# A test run started as a background job (`pytest &` in a shell without job control) inherits
+# SIGINT ignored, and the library deliberately leaves an ignored Ctrl-C ignored: the tests of
+# what Ctrl-C does would then see nothing. Give this process, and through exec every child it
+# starts, the interactive default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class CountingEncoder(HashingEncoder):

@@ -2,23 +2,13 @@
 """Backfill embeddings for the six databases: the same as ``embeddable-db backfill``.
 
     python scripts/backfill_embeddings.py --db bot workflow --backend annoy --batch-size 200
+
+Importing ``embeddable_db.cli`` loads nothing heavy, and ``main`` takes Ctrl-C over before
+the library loads, so an early Ctrl-C exits 130 quietly like a later one.
 """
 
-import signal
 import sys
 from pathlib import Path
-
-
-def _stop(signum, frame):  # Ctrl-C while the library still loads: exit quietly, like later on
-    try:
-        sys.stderr.write("interrupted\n")
-    except (OSError, ValueError):
-        pass
-    raise SystemExit(130)
-
-
-if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a background job stays immune
-    signal.signal(signal.SIGINT, _stop)
 
 try:
     from embeddable_db.cli import main

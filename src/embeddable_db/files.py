@@ -86,17 +86,23 @@ def _not_regular(path: str, mode: int) -> StoreConflictError:
     )
 
 
+def _raise_plainly(path: str, exc: OSError) -> None:
+    """Raise an OS error on a store file as the user should read it (permission denied, a
+    symlink loop, named); return for anything else, which the caller re-raises as it came."""
+    if isinstance(exc, PermissionError):
+        raise permission_denied(path) from exc
+    if exc.errno == errno.ELOOP:
+        raise StoreConflictError(f"{path} is a symlink loop: delete it") from exc
+
+
 def stat_regular(path: str) -> os.stat_result | None:
     """The stat of a regular file at ``path``; None when there is none; refused otherwise."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    except PermissionError as exc:
-        raise permission_denied(path) from exc
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StoreConflictError(f"{path} is a symlink loop: delete it") from exc
+        _raise_plainly(path, exc)
         raise
     if not stat.S_ISREG(st.st_mode):
         raise _not_regular(path, st.st_mode)
@@ -114,11 +120,8 @@ def open_regular(path: str):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise
-    except PermissionError as exc:
-        raise permission_denied(path) from exc
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StoreConflictError(f"{path} is a symlink loop: delete it") from exc
+        _raise_plainly(path, exc)
         raise
     try:
         mode = os.fstat(fd).st_mode

@@ -267,6 +267,7 @@ MIXIN = {
     "embedding_count": "method(self)",
     "embedding_kinds": "attribute None",
     "embedding_lock": "property",
+    "embedding_options": "property",
     "embedding_owner": "attribute None",
     "embedding_table": "attribute 'embeddings'",
     "embedding_text": "method(self, record)",

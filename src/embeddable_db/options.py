@@ -29,7 +29,6 @@ import inspect
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, TypeVar
 
 from . import files
@@ -78,15 +77,15 @@ class StoreOptions:
 
     #: The backend class and the settings it is built with (``index_type`` included).
     backend_class: type[VectorIndex] = dataclasses.field(init=False, repr=False, compare=False)
-    backend_settings: Mapping[str, Any] = dataclasses.field(init=False, repr=False, compare=False)
+    backend_settings: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: the checked values replace the given ones once
         backend_class = get_backend(self.backend)
         set_(self, "backend_class", backend_class)
-        set_(self, "backend_settings", MappingProxyType(_backend_settings(self, backend_class)))
+        set_(self, "backend_settings", _backend_settings(self, backend_class))
         if self.index_options is not None:  # a copy: the caller's dict may change later
-            set_(self, "index_options", MappingProxyType(dict(self.index_options)))
+            set_(self, "index_options", dict(self.index_options))
         set_(self, "embedding_version", check.check_embedding_version(self.embedding_version))
         model = self.model
         if not isinstance(model, str) or not model.strip():
@@ -120,7 +119,7 @@ class StoreOptions:
 
     @property
     def model(self) -> str:
-        """The model name in effect: ``model_name``, else the default model."""
+        """The model to load when no encoder is given: ``model_name``, else the default model."""
         return DEFAULT_MODEL if self.model_name is None else self.model_name
 
     @property

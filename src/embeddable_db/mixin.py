@@ -35,7 +35,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,14 +42,8 @@ from filelock import FileLock, Timeout
 
 from . import files
 from . import validation as check
-from .backends import VectorIndex, get_backend
-from .encoder import (
-    DEFAULT_MODEL,
-    HASH_MODEL_PREFIX,
-    check_model_backend,
-    get_encoder,
-    model_identity,
-)
+from .backends import VectorIndex
+from .encoder import get_encoder, model_identity
 from .errors import (
     CorruptIndexError,
     EmbeddingError,
@@ -82,6 +75,7 @@ from .manifest import (
     write_manifest_temp,
     write_temp,
 )
+from .options import StoreOptions, option_keywords
 from .owner import store_owner
 from .ownership import OwnFiles, own_files, remember_published, remember_written
 from .reports import BackfillInterrupted, BackfillResult, VerifyReport
@@ -174,21 +168,9 @@ class EmbeddableDBMixin:
 
     conn: sqlite3.Connection
 
-    def __init__(
-        self,
-        *,
-        backend: str = "annoy",
-        index_path: str | os.PathLike | None = None,
-        metadata_path: str | os.PathLike | None = None,
-        model_name: str | None = None,
-        embedding_version: int = 1,
-        encoder: Any | None = None,
-        index_type: str | None = None,
-        index_options: Mapping[str, Any] | None = None,
-        allow_model_change: bool = False,
-        model_backend: str = "torch",
-        read_only: bool = False,
-    ) -> None:
+    @option_keywords()
+    def __init__(self, **keywords: Any) -> None:
+        """Open the store in ``self.conn``; the keywords are ``StoreOptions``' fields."""
         # Everything is checked before anything is written.
         conn = getattr(self, "conn", None)
         if not isinstance(conn, sqlite3.Connection):
@@ -196,35 +178,21 @@ class EmbeddableDBMixin:
                 f"{type(self).__name__} must set self.conn to a sqlite3.Connection "
                 "before calling EmbeddableDBMixin.__init__"
             )
-        self.backend_name = backend
-        self._backend_cls = get_backend(backend)
-        self._backend_options = self._check_backend_options(index_type, index_options)
-        embedding_version = check.check_embedding_version(embedding_version)
-        model_given = model_name is not None  # None: the default model, or the encoder's own name
-        model_name = DEFAULT_MODEL if model_name is None else model_name
-        if not isinstance(model_name, str) or not model_name.strip():
-            raise InvalidInputError(f"model_name must be a non-empty str, got {model_name!r}")
-        if encoder is not None and not callable(getattr(encoder, "encode", None)):
-            raise InvalidInputError("encoder must have an encode(list[str]) method")
-        if encoder is None and model_name.startswith(HASH_MODEL_PREFIX):
-            dim = model_name[len(HASH_MODEL_PREFIX) :]
-            if not dim.isdigit() or int(dim) < 2:
-                raise InvalidInputError(f"model {model_name!r}: use 'hash:<dimension>', e.g. hash:64")
-            check.check_dimension(int(dim), f"model {model_name!r}")
-        self.model_name = model_name
-        self.embedding_version = embedding_version
-        check_model_backend(model_name, model_backend)
-        self.model_backend = model_backend
-        self.model_id = model_identity(model_name if model_given else None, encoder)
-        self._encoder = encoder
-        self.index_path, self.metadata_path = self._resolve_paths(conn, index_path, metadata_path)
+        options = StoreOptions.from_keywords(keywords, "EmbeddableDBMixin.__init__")
+        self.backend_name = options.backend
+        self.model_name = options.model
+        self.embedding_version = options.embedding_version
+        self.model_backend = options.model_backend
+        self.model_id = model_identity(options.model_name, options.encoder)
+        self._encoder = options.encoder
+        options = self._options = options.located(files.database_file(conn), self.embedding_table)
+        self.index_path, self.metadata_path = options.index_path, options.metadata_path
+        read_only = options.read_only
         self._handle = Handle(read_only)
 
         self._lock = threading.RLock()
         self._file_lock = (
-            FileLock(self.index_path + ".lock", timeout=LOCK_TIMEOUT_SECONDS)
-            if self.index_path
-            else None
+            FileLock(options.lock_path, timeout=LOCK_TIMEOUT_SECONDS) if options.lock_path else None
         )
         owner = store_owner(type(self), EmbeddableDBMixin)
         if read_only and self._file_lock is not None:  # shared, and never creates the file
@@ -237,13 +205,17 @@ class EmbeddableDBMixin:
             owner=owner,
         )
         stored_model, _ = self._store.identity()
-        if stored_model is not None and stored_model != self.model_id and not allow_model_change:
+        if (
+            stored_model is not None
+            and stored_model != self.model_id
+            and not options.allow_model_change
+        ):
             raise ModelConflictError(
                 f"the vectors in {self._database_name()} were made by model {stored_model!r}, "
                 f"not {self.model_id!r}: open it with model_name={stored_model!r}, or pass "
                 "allow_model_change=True and run backfill_embeddings() to re-embed everything"
             )
-        self._allow_model_change = allow_model_change
+        self._allow_model_change = options.allow_model_change
         self._files_stamp: tuple[int, int, int] | None = None
         self._data_version = self._store.data_version()
         self._foreign_files = False
@@ -251,69 +223,17 @@ class EmbeddableDBMixin:
         self._changes_at_open = conn.total_changes
 
     # -- set-up ------------------------------------------------------------------------------
-    def _check_backend_options(
-        self, index_type: str | None, index_options: Mapping[str, Any] | None
-    ) -> dict[str, Any]:
-        if index_options is not None and not isinstance(index_options, Mapping):
-            raise InvalidInputError(
-                f"index_options must be a dict of backend settings, got {index_options!r}"
-            )
-        options = dict(index_options or {})
-        if index_type is not None:
-            if self.backend_name != "faiss":
-                raise InvalidInputError(
-                    f"index_type is a FAISS option; backend {self.backend_name!r} has none"
-                )
-            options["index_type"] = index_type
-        try:
-            self._backend_cls(2, **options)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"bad options for backend {self.backend_name!r}: {exc}") from exc
-        return options
-
-    def _resolve_paths(
-        self,
-        conn: sqlite3.Connection,
-        index_path: str | os.PathLike | None,
-        metadata_path: str | os.PathLike | None,
-    ) -> tuple[str | None, str | None]:
-        db_file = files.database_file(conn)
-        if index_path is None:
-            if not db_file:  # an in-memory database: keep the index in memory too
-                if metadata_path is not None:
-                    raise InvalidInputError("metadata_path needs an index_path for this database")
-                return None, None
-            base = Path(files.text_path(db_file, "the database path"))
-            index_path = base.with_name(f"{base.stem}_{self.embedding_table}.index")
-        # Symlinks are resolved once, here: the files and the lock are the target's.
-        index = files.resolved(index_path, "index_path")
-        meta = files.resolved(
-            metadata_path if metadata_path is not None else Path(index).with_suffix(".json"),
-            "metadata_path",
-        )
-        if meta == index:
-            raise InvalidInputError("metadata_path must differ from index_path")
-        for path, name in ((index, "index_path"), (meta, "metadata_path")):
-            if os.path.isdir(path):
-                raise InvalidInputError(f"{path!r} is a folder: name a file inside it")
-            if not os.path.isdir(os.path.dirname(path)):
-                raise InvalidInputError(
-                    f"folder {os.path.dirname(path)!r} does not exist: create it first"
-                )
-            files.check_not_database(path, db_file, name)
-            files.stat_regular(path)  # a device or FIFO is refused, never opened
-        files.check_lock_path(index + ".lock")
-        files.check_not_database(index + ".lock", db_file, "the lock file", "index_path")
-        if meta == index + ".lock":
-            raise InvalidInputError("metadata_path must differ from the lock file index_path.lock")
-        return index, meta
+    @property
+    def embedding_options(self) -> StoreOptions:
+        """The options this store was opened with, checked, its paths resolved."""
+        return self._options
 
     def _database_name(self) -> str:
         row = next((r for r in self.conn.execute("PRAGMA database_list") if r[1] == "main"), None)
         return (row[2] if row and row[2] else ":memory:") + f" (table {self.embedding_table})"
 
     def _new_backend(self, dim: int) -> VectorIndex:
-        return self._backend_cls(dim, **self._backend_options)
+        return self._options.backend_class(dim, **self._options.backend_settings)
 
     @property
     def embedding_lock(self) -> threading.RLock:

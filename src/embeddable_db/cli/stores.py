@@ -30,6 +30,7 @@ from filelock import FileLock, Timeout
 from ..backends import backend_names
 from ..databases import HOME_ENV, REGISTRY, RecordDB, data_home
 from ..encoder import DEFAULT_MODEL, model_identity
+from ..options import StoreOptions
 from .output import warn
 from .parser import UsageError
 
@@ -181,10 +182,9 @@ def open_db(
                  "(only backfill and rebuild convert it)")
     else:
         backend = args.backend or stored or "annoy"
-    change = switching(target, model)
-    db = target.cls(data_dir=args.data_dir, backend=backend, model_name=model,
-                    model_backend=args.model_backend, allow_model_change=change,
-                    read_only=read_only)
+    options = StoreOptions(backend=backend, model_name=model, model_backend=args.model_backend,
+                           allow_model_change=switching(target, model), read_only=read_only)
+    db = target.cls(data_dir=args.data_dir, **options.keywords())
     try:
         yield db
     finally:

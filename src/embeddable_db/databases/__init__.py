@@ -6,7 +6,8 @@ the mixin's embeddings table; see ``_base.RecordDB`` for what they have in commo
 
 from __future__ import annotations
 
-from ._base import DEFAULT_HOME, HOME_ENV, RecordDB, SearchHit, data_home
+from ..options import DEFAULT_HOME, HOME_ENV, data_home
+from ._base import RecordDB, SearchHit
 from .bot import BotDB, BotRecord
 from .enhancement import Enhancement, EnhancementDB
 from .error import Discrepancy, ErrorDB, ErrorRecord, KnownError, TelemetryEvent

@@ -35,15 +35,13 @@ from typing import Any, ClassVar
 
 from .. import validation as check
 from ..errors import EmbeddingError, InvalidInputError, ReadOnlyError
-from ..files import text_path
 from ..handle import connect_read_only, sqlite_error
 from ..mixin import EmbeddableDBMixin
+from ..options import StoreOptions, database_paths, option_keywords
 from .records import TableSpec, UnreadableRow, positive_int, row_id, utc_now
 
 log = logging.getLogger(__name__)
 
-HOME_ENV = "EMBEDDABLE_DB_HOME"
-DEFAULT_HOME = "data"
 PAGE = 500  # rows read per query by iter_records
 
 
@@ -57,15 +55,6 @@ def serialised(method: Callable) -> Callable:
             return method(self, *args, **kwargs)
 
     return locked
-
-
-def data_home(data_dir: str | os.PathLike | None = None) -> Path:
-    """The data directory, absolute and with ``~`` expanded, so that every file of a command
-    (databases, indexes, locks) lands under one folder: ``data_dir``, else
-    ``$EMBEDDABLE_DB_HOME``, else ``./data``."""
-    home = data_dir if data_dir is not None else os.environ.get(HOME_ENV) or DEFAULT_HOME
-    home = text_path(home, "data_dir" if data_dir is not None else f"${HOME_ENV}")
-    return Path(os.path.abspath(os.path.expanduser(home)))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -109,30 +98,23 @@ class RecordDB(EmbeddableDBMixin):
             if "embedding_owner" not in cls.__dict__:  # the class that defines the tables
                 cls.embedding_owner = cls.__qualname__
 
+    @option_keywords(after="encoder")
     def __init__(
         self,
         path: str | os.PathLike | None = None,
         *,
-        backend: str = "annoy",
-        index_path: str | os.PathLike | None = None,
-        metadata_path: str | os.PathLike | None = None,
-        model_name: str | None = None,
-        embedding_version: int = 1,
-        encoder: Any | None = None,
         data_dir: str | os.PathLike | None = None,
-        index_type: str | None = None,
-        index_options: Mapping[str, Any] | None = None,
-        allow_model_change: bool = False,
-        model_backend: str = "torch",
-        read_only: bool = False,
+        **keywords: Any,
     ) -> None:
         """``read_only=True`` opens the SQLite file with ``mode=ro`` and writes nothing at all
-        (no folder, table, index, metadata or lock file); every write raises ``ReadOnlyError``."""
+        (no folder, table, index, metadata or lock file); every write raises ``ReadOnlyError``.
+        The other keywords are ``StoreOptions``' fields, all checked before anything is opened."""
+        options = StoreOptions.from_keywords(keywords, "RecordDB.__init__")
         self.path, index_path, metadata_path = self.resolve_paths(
-            path, data_dir=data_dir, index_path=index_path, metadata_path=metadata_path
+            path, data_dir=data_dir, index_path=options.index_path,
+            metadata_path=options.metadata_path,
         )
-        if not isinstance(read_only, bool):
-            raise InvalidInputError(f"read_only must be True or False, got {read_only!r}")
+        read_only = options.read_only
         if read_only:
             self.conn = connect_read_only(self.path, timeout=30.0, check_same_thread=False)
         else:
@@ -150,17 +132,7 @@ class RecordDB(EmbeddableDBMixin):
             else:
                 self._create_schema()
             super().__init__(
-                backend=backend,
-                index_path=index_path,
-                metadata_path=metadata_path,
-                model_name=model_name,
-                embedding_version=embedding_version,
-                encoder=encoder,
-                index_type=index_type,
-                index_options=index_options,
-                allow_model_change=allow_model_change,
-                model_backend=model_backend,
-                read_only=read_only,
+                **options.keywords(index_path=index_path, metadata_path=metadata_path)
             )
         except sqlite3.OperationalError as exc:  # e.g. a read-only file opened to write
             self.conn.close()
@@ -186,30 +158,10 @@ class RecordDB(EmbeddableDBMixin):
         ``index_filename`` next to the SQLite file and the metadata to the index path with
         ``.json``. ``path=":memory:"`` keeps everything in memory unless ``index_path`` is given.
         """
-        if path is not None and data_dir is not None:
-            raise InvalidInputError("give either path or data_dir, not both")
-        path, data_dir, index_path, metadata_path = (  # one clear error for non-UTF-8 paths
-            None if value is None else text_path(value, name)
-            for value, name in (
-                (path, "path"), (data_dir, "data_dir"), (index_path, "index_path"),
-                (metadata_path, "metadata_path"),
-            )
+        return database_paths(
+            cls.name, cls.index_filename, path, data_dir=data_dir, index_path=index_path,
+            metadata_path=metadata_path,
         )
-        if path is not None and os.fspath(path) == ":memory:":
-            db_file = ":memory:"
-        else:
-            if path is None:
-                path = data_home(data_dir) / cls.name / f"{cls.name}.db"
-            db_file = os.path.abspath(Path(path).expanduser())
-            if index_path is None:
-                index_path = Path(db_file).with_name(cls.index_filename)
-        if index_path is not None:
-            index_path = os.path.abspath(Path(index_path).expanduser())
-            if metadata_path is None:
-                metadata_path = Path(index_path).with_suffix(".json")
-        if metadata_path is not None:
-            metadata_path = os.path.abspath(Path(metadata_path).expanduser())
-        return db_file, index_path, metadata_path
 
     def _create_schema(self) -> None:
         conn = self.conn

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from .backends import VectorIndex
-from .backends.annoy import exact_top_k
+from .backends.exact import exact_top_k
 from .store import Change
 
 
@@ -63,7 +63,7 @@ class ExactDelta:
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         n = len(self._row)
-        positions, distances = exact_top_k(self._matrix[:n], query, k)
+        positions, distances = exact_top_k(self._matrix[:n], query, k, self._labels[:n])
         return self._labels[positions], distances
 
     def clear(self) -> None:

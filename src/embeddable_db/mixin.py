@@ -22,18 +22,15 @@ write with a ``ReadOnlyError``.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import gc
-import hashlib
-import json
 import logging
 import os
 import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, ClassVar
 
@@ -43,14 +40,20 @@ from filelock import FileLock, Timeout
 from . import files
 from . import validation as check
 from .backends import VectorIndex
-from .encoder import get_encoder, model_identity
+from .encoder import model_identity
+from .encoding import (
+    Encoding,
+    Failure,
+    Pending,
+    check_same_dimension,
+    fingerprint,
+    fingerprinted,
+)
 from .errors import (
     CorruptIndexError,
     EmbeddingError,
-    EncodingError,
     InvalidInputError,
     ModelConflictError,
-    ModelUnavailableError,
     StoreConflictError,
 )
 from .handle import EmptyStore, Handle, SharedLock, file_ids, open_store
@@ -95,10 +98,6 @@ BACKFILL_MAX_PENDING = 200_000
 BACKFILL_WINDOW_BATCHES = 16
 
 
-def _fingerprint_of(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
-
-
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a store builds its maps of 100k records: its
@@ -135,26 +134,6 @@ def _ctrl_c_held() -> Iterator[None]:
                 handler(signal.SIGINT, held[0])
 
 
-def _as_encoding_error(error: Exception) -> Exception:
-    """The encoder's own failures (not bad input) keep a type that says so."""
-    if isinstance(error, EmbeddingError):
-        return error
-    wrapped = EncodingError(f"the encoder failed: {type(error).__name__}: {error}")
-    wrapped.__cause__ = error
-    return wrapped
-
-
-def _canonical(record: Any) -> str:
-    """A stable text for records embedded through ``vector()``, to notice when they change."""
-    if dataclasses.is_dataclass(record) and not isinstance(record, type):
-        record = dataclasses.asdict(record)
-    elif isinstance(record, sqlite3.Row):
-        record = {key: record[key] for key in record.keys()}
-    if isinstance(record, Mapping):
-        return json.dumps(dict(record), sort_keys=True, default=str, ensure_ascii=False)
-    return repr(record)
-
-
 class EmbeddableDBMixin:
     """Gives a SQLite-backed class vectors, search by vector or text, and backfill."""
 
@@ -184,7 +163,7 @@ class EmbeddableDBMixin:
         self.embedding_version = options.embedding_version
         self.model_backend = options.model_backend
         self.model_id = model_identity(options.model_name, options.encoder)
-        self._encoder = options.encoder
+        self._encoding = Encoding(options.model, options.model_backend, self.model_id, options.encoder)
         options = self._options = options.located(files.database_file(conn), self.embedding_table)
         self.index_path, self.metadata_path = options.index_path, options.metadata_path
         read_only = options.read_only
@@ -270,115 +249,43 @@ class EmbeddableDBMixin:
     def _has_text(self) -> bool:
         return type(self).embedding_text is not EmbeddableDBMixin.embedding_text
 
-    # -- encoding ----------------------------------------------------------------------------------
+    # -- encoding (encoding.py) ------------------------------------------------------------------
     @property
     def encoder(self) -> Any:
         """The encoder in use; the shared model is only loaded when it first encodes."""
-        if self._encoder is None:
-            self._encoder = get_encoder(self.model_name, backend=self.model_backend)
-        return self._encoder
+        return self._encoding.encoder
 
     def encode_texts(self, texts: Iterable[Any]) -> np.ndarray:
         """Encode texts in one model call: an (n, dim) float32 array of unit vectors."""
         self._ensure_open()
-        texts = [
-            check.check_text(text)[: check.MAX_ENCODED_CHARS] for text in check.many(texts, "texts")
-        ]
-        if not texts:
-            return np.empty((0, self.dimension or 0), np.float32)
-        try:
-            raw = self.encoder.encode(texts)
-            vectors = check.check_rows(raw, self.dimension, self.model_id)
-        except check.InvalidVectorError as exc:  # the encoder's output, not the caller's input
-            raise EncodingError(f"the encoder returned unusable vectors: {exc}") from exc
-        except EmbeddingError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the same error type from every caller
-            raise _as_encoding_error(exc) from exc
-        if vectors.shape[0] != len(texts):
-            raise EncodingError(
-                f"the encoder returned {vectors.shape[0]} vectors for {len(texts)} texts; "
-                "encode(list[str]) must return one row per text"
-            )
-        return vectors
+        return self._encoding.encode_texts(texts, self.dimension)
 
     def encode_text(self, text: Any) -> list[float]:
         return self.encode_texts([text])[0].tolist()
 
-    def _fingerprint(self, record: Any) -> tuple[str, str | None]:
-        """(hash of what the vector is made from, text to encode when batched)."""
-        if self._has_text:
-            text = check.check_text(self.embedding_text(record))
-            return _fingerprint_of(text), text
-        return _fingerprint_of(_canonical(record)), None
+    def _text_of(self) -> Callable[[Any], Any] | None:
+        """The subclass's ``embedding_text``, or None when its records give ``vector()`` only."""
+        return self.embedding_text if self._has_text else None
 
     def _make_rows(
         self, items: list[tuple[str, Any, str, str]]
-    ) -> tuple[list[VectorRow], list[tuple[str, Exception]]]:
+    ) -> tuple[list[VectorRow], list[Failure]]:
         """Vectors for (key, record, kind, source_id) items, with per-item failures."""
-        failures: list[tuple[str, Exception]] = []
-        prepared = []
-        for key, record, kind, source_id in items:
-            try:
-                digest, text = self._fingerprint(record)
-            except Exception as exc:  # noqa: BLE001 - one bad record is reported, not fatal
-                failures.append((key, exc))
-                continue
-            prepared.append((key, record, kind, source_id, digest, text))
-        return self._rows_for(prepared, failures), failures
+        pending, failures = fingerprinted(items, self._text_of())
+        return self._rows_for(pending, failures), failures
 
-    def _rows_for(self, prepared: list[tuple], failures: list[tuple[str, Exception]]) -> list[VectorRow]:
-        """Vectors for fingerprinted (key, record, kind, source_id, digest, text) items; the
-        items that fail are added to ``failures``."""
-        rows: list[VectorRow] = []
-        if self._batched and self._has_text:
-            vectors = self._encode_isolating([p[5] for p in prepared], prepared, failures)
-        else:
-            vectors = []
-            for p in prepared:
-                try:
-                    vectors.append(
-                        check.check_vector(self.vector(p[1]), self.dimension, self.model_id)
-                    )
-                except Exception as exc:  # noqa: BLE001
-                    failures.append((p[0], exc))
-                    vectors.append(None)
-        for (key, _, kind, source_id, digest, _), vector in zip(prepared, vectors, strict=True):
-            if vector is not None:
-                rows.append(
-                    VectorRow(key, kind, source_id, vector, digest, self.model_id,
-                              self.embedding_version)
-                )
-        self._check_batch_dimensions(rows)
+    def _rows_for(self, pending: list[Pending], failures: list[Failure]) -> list[VectorRow]:
+        """Rows for fingerprinted items; the items that fail are added to ``failures``."""
+        vector_of = None if self._batched and self._has_text else self.vector
+        vectors = self._encoding.vectors(pending, self.dimension, failures, vector_of)
+        rows = [
+            VectorRow(p.key, p.kind, p.source_id, vector, p.digest, self.model_id,
+                      self.embedding_version)
+            for p, vector in zip(pending, vectors, strict=True)
+            if vector is not None
+        ]
+        check_same_dimension([row.vector for row in rows], self.dimension, self.model_id)
         return rows
-
-    def _encode_isolating(self, texts, prepared, failures) -> list[np.ndarray | None]:
-        """One model call for the batch; if it fails, encode one by one to find the culprit."""
-        try:
-            return list(self.encode_texts(texts))
-        except ModelUnavailableError:
-            raise  # no model: every text would fail the same way, so the whole call does
-        except Exception as batch_error:  # noqa: BLE001
-            if len(texts) == 1:
-                failures.append((prepared[0][0], _as_encoding_error(batch_error)))
-                return [None]
-        vectors: list[np.ndarray | None] = []
-        for text, p in zip(texts, prepared, strict=True):
-            try:
-                vectors.append(self.encode_texts([text])[0])
-            except Exception as exc:  # noqa: BLE001
-                failures.append((p[0], _as_encoding_error(exc)))
-                vectors.append(None)
-        return vectors
-
-    def _check_batch_dimensions(self, rows: list[VectorRow]) -> None:
-        if self.dimension is None and rows:
-            dims = {row.vector.shape[0] for row in rows}
-            if len(dims) > 1:
-                raise check.DimensionMismatchError(
-                    f"vectors of different dimensions {sorted(dims)} in one batch"
-                )
-            check.check_dimension(dims.pop(), f"the vectors of model {self.model_id!r}")
 
     # -- writes ------------------------------------------------------------------------------------
     def add_embedding(self, record_id: Any, record: Any, kind: str, *, source_id: Any = "") -> None:
@@ -464,7 +371,7 @@ class EmbeddableDBMixin:
         rows = check.unique_rows(check.many(rows, "rows"), self.embedding_kinds)
         self._ensure_open(write="store_embeddings()")
         with self._lock:
-            self._check_batch_dimensions(rows)
+            check_same_dimension([row.vector for row in rows], self.dimension, self.model_id)
             if rows and self.dimension is not None and rows[0].vector.shape[0] != self.dimension:
                 raise check.DimensionMismatchError(
                     f"prepared vectors have {rows[0].vector.shape[0]} dimensions; this store "
@@ -597,7 +504,8 @@ class EmbeddableDBMixin:
             self._sync()
             states = self._store.states()
             seen: set[str] = set()
-            window: list[tuple] = []  # (key, record, kind, source_id, digest, text)
+            window: list[Pending] = []
+            text_of = self._text_of()
             is_new: dict[str, bool] = {}
             try:
                 for record_id, record, kind in self.iter_records():
@@ -614,7 +522,7 @@ class EmbeddableDBMixin:
                     result.last_record_id = key
                     state = states.get(key)
                     try:
-                        digest, text = self._fingerprint(record)
+                        digest, text = fingerprint(record, text_of)
                     except Exception as exc:  # noqa: BLE001
                         result.failed += 1
                         result.failures.append((key, str(exc)))
@@ -628,7 +536,7 @@ class EmbeddableDBMixin:
                         result.unchanged += 1
                         continue
                     is_new[key] = state is None
-                    window.append((key, record, kind, "", digest, text))
+                    window.append(Pending(key, record, kind, "", digest, text))
                     if len(window) >= batch_size * BACKFILL_WINDOW_BATCHES:
                         self._backfill_window(window, batch_size, is_new, result, progress)
                         window, is_new = [], {}
@@ -655,18 +563,18 @@ class EmbeddableDBMixin:
     ) -> None:
         """Embed a window of records in batches of ``batch_size``, shortest texts first; tell
         ``progress`` after each batch but the very last (the backfill's end reports that)."""
-        window.sort(key=lambda item: len(item[5] or ""))  # stable: equal lengths keep their order
+        window.sort(key=lambda item: len(item.text or ""))  # stable: equal lengths keep their order
         for start in range(0, len(window), batch_size):
             self._backfill_batch(window[start : start + batch_size], is_new, result)
             if progress and not (final and start + batch_size >= len(window)):
                 progress(result)
 
-    def _backfill_batch(self, batch: list[tuple], is_new: dict[str, bool], result) -> None:
+    def _backfill_batch(self, batch: list[Pending], is_new: dict[str, bool], result) -> None:
         """One model call and one commit for fingerprinted items (fingerprinted once, when the
         backfill compared them with what SQLite holds)."""
         if result.dry_run:
-            for key, *_ in batch:
-                if is_new[key]:
+            for item in batch:
+                if is_new[item.key]:
                     result.embedded += 1
                 else:
                     result.reembedded += 1

@@ -346,7 +346,7 @@ def test_read_only_refuses_every_write_and_changes_nothing(tmp_path):
             raise AssertionError("a refused write must not encode anything")
 
     db = BotDB(data_dir=data, model_name="hash:32", read_only=True)
-    db._encoder = Unusable()
+    db._encoding._encoder = Unusable()  # the encoder the store would call (encoding.py)
     for name, write in WRITES.items():
         with pytest.raises(ReadOnlyError) as refused:
             write(db)

@@ -2,7 +2,8 @@
 
 A backend holds float32 L2-normalised vectors under int64 labels and answers nearest-neighbour
 queries with ``distance = 1 - cosine similarity``. It knows nothing of SQLite, records or
-models: the mixin keeps it current and decides when to rebuild it.
+models: the mixin keeps it current and decides when to rebuild it. ``exact.py`` holds the
+brute-force top-k that the Annoy backend and the live index's delta share (numpy only).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import numpy as np
 from annoy import AnnoyIndex
 
 from . import VectorIndex, bounded_int
+from .exact import exact_top_k
 
 DEFAULT_TREES = 10
 DEFAULT_SEARCH_K = 20_000
@@ -29,21 +30,6 @@ DEFAULT_EXACT_BELOW = 20_000
 MAX_TREES = 1_000
 MAX_SEARCH_K = 100_000_000
 MAX_EXACT_BELOW = 100_000_000
-
-
-def exact_top_k(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions and distances (1 - cosine) of the ``k`` rows nearest ``query``."""
-    n = matrix.shape[0]
-    k = min(k, n)
-    if k <= 0:
-        return np.empty(0, np.int64), np.empty(0, np.float32)
-    scores = matrix @ query
-    if k < n:
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-    else:
-        top = np.argsort(-scores, kind="stable")
-    return top.astype(np.int64), (1.0 - scores[top]).astype(np.float32)
 
 
 class AnnoyVectorIndex(VectorIndex):

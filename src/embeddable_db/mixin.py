@@ -536,7 +536,8 @@ class EmbeddableDBMixin:
                         result.unchanged += 1
                         continue
                     is_new[key] = state is None
-                    window.append(Pending(key, record, kind, "", digest, text))
+                    source = state.source_id if state is not None else ""  # survives re-embedding
+                    window.append(Pending(key, record, kind, source, digest, text))
                     if len(window) >= batch_size * BACKFILL_WINDOW_BATCHES:
                         self._backfill_window(window, batch_size, is_new, result, progress)
                         window, is_new = [], {}

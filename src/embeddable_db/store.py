@@ -75,6 +75,7 @@ class StoredState:
     text_hash: str
     model: str
     embedding_version: int
+    source_id: str = ""  # kept when the vector is re-embedded
 
 
 class EmbeddingStore:
@@ -389,10 +390,10 @@ class EmbeddingStore:
     def states(self) -> dict[str, StoredState]:
         """record_id -> what its vector was made from, for every live vector."""
         return {
-            rid: StoredState(text_hash or "", model or "", version or 0)
-            for rid, text_hash, model, version in self.conn.execute(
-                f"SELECT record_id, text_hash, model, embedding_version FROM {self.table} "
-                "WHERE deleted = 0"
+            rid: StoredState(text_hash or "", model or "", version or 0, source or "")
+            for rid, text_hash, model, version, source in self.conn.execute(
+                f"SELECT record_id, text_hash, model, embedding_version, source_id "
+                f"FROM {self.table} WHERE deleted = 0"
             )
         }
 

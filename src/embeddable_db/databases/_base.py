@@ -299,7 +299,12 @@ class RecordDB(EmbeddableDBMixin):
         """
         return self._insert(record)
 
-    def _insert(self, record: Any, *, source_id: Any = "") -> int:
+    def _source_of(self, record: Any) -> str:
+        """The ``source_id`` stored beside a record's vector, on insert and on every re-embed
+        ("" unless a database says otherwise)."""
+        return ""
+
+    def _insert(self, record: Any) -> int:
         self._ensure_open(write=f"adding a {type(record).__name__}")  # before encoding
         spec = self._spec_of(record)
         checked = spec.check_record(record)
@@ -308,7 +313,7 @@ class RecordDB(EmbeddableDBMixin):
             setattr(record, field, value)
         # Encode before BEGIN IMMEDIATE: other writers never wait for the model.
         (row,) = self.prepare_embeddings([(f"{spec.kind}:new", record, spec.kind)],
-                                         source_ids=[source_id])
+                                         source_ids=[self._source_of(record)])
         with self._transaction() as conn:
             record_id = spec.insert(conn, checked)
             record.id = record_id
@@ -349,7 +354,7 @@ class RecordDB(EmbeddableDBMixin):
         with self.embedding_lock:
             olds = self._select_ids(spec, self._reader(), ids)
         early = self._reembeds(spec, olds, changes)
-        prepared = {row.record_id: row for row in self.prepare_embeddings(early)} if early else {}
+        prepared = {row.record_id: row for row in self._prepare_reembeds(early)} if early else {}
         texts = {key: self.embedding_text(new) for key, new, _ in early}
         updated, rows, late = [], [], []
         with self._transaction() as conn:
@@ -362,7 +367,7 @@ class RecordDB(EmbeddableDBMixin):
             updated = [dataclasses.replace(old, **changes) for old in current]
             spec.update(conn, [record.id for record in updated], changes)
             if late:
-                rows += self.prepare_embeddings(late)
+                rows += self._prepare_reembeds(late)
             if rows:
                 self.store_embeddings(rows)
         order = {rid: i for i, rid in enumerate(ids)}
@@ -376,6 +381,10 @@ class RecordDB(EmbeddableDBMixin):
             marks = ",".join("?" * len(chunk))
             found += spec.select(conn, f"WHERE id IN ({marks}) ORDER BY id", chunk)
         return found
+
+    def _prepare_reembeds(self, items: list) -> list:
+        """Vectors for changed records, each keeping its source (``_source_of``)."""
+        return self.prepare_embeddings(items, source_ids=[self._source_of(new) for _, new, _ in items])
 
     def _reembeds(self, spec: TableSpec, olds: list[Any], changes: Mapping[str, Any]) -> list:
         """(key, new record, kind) for the rows whose embedded text the changes alter."""

@@ -219,4 +219,10 @@ class ErrorDB(RecordDB):
         """Store a telemetry event; its vector's source is the task id, else the bot id."""
         if not isinstance(event, TelemetryEvent):
             raise InvalidInputError(f"add_telemetry takes a TelemetryEvent, not {type(event).__name__}")
-        return self._insert(event, source_id=event.task_id or event.bot_id)
+        return self._insert(event)
+
+    def _source_of(self, record: Any) -> str:
+        """A telemetry event's vector is sourced to its task, else its bot."""
+        if isinstance(record, TelemetryEvent):
+            return record.task_id or record.bot_id
+        return ""

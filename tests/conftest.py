@@ -25,9 +25,11 @@ class CountingEncoder(HashingEncoder):
 class NotesDB(EmbeddableDBMixin):
     """The README's example store: one table, text embedded in batches."""
 
+    # timeout: several processes may create the table and write to it at once.
+    connect_options: dict = {"timeout": 60}
+
     def __init__(self, path, **options):
-        # timeout: several processes may create the table and write to it at once.
-        self.conn = sqlite3.connect(path, timeout=60)
+        self.conn = sqlite3.connect(path, **self.connect_options)
         self.conn.execute("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
         self.conn.commit()
         super().__init__(**options)

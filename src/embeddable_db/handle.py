@@ -37,9 +37,7 @@ class Handle:
     __slots__ = ("closed", "pid", "read_only")
 
     def __init__(self, read_only: bool) -> None:
-        if not isinstance(read_only, bool):
-            raise InvalidInputError(f"read_only must be True or False, got {read_only!r}")
-        self.read_only = read_only
+        self.read_only = read_only  # checked by StoreOptions
         self.closed = False
         self.pid = os.getpid()
 

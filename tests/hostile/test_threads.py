@@ -7,11 +7,12 @@ databases open their connection for any thread and take turns with it under
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections import Counter
 
-from embeddable_db import BotDB, BotRecord, EmbeddableDBMixin, HashingEncoder
+from hostile_helpers import NotesDB
+
+from embeddable_db import BotDB, BotRecord, HashingEncoder
 
 THREADS = 8
 PER_THREAD = 12
@@ -82,21 +83,10 @@ def test_eight_threads_add_search_update_and_delete_on_one_botdb(tmp_path):
     again.close()
 
 
-class SharedNotes(EmbeddableDBMixin):
+class SharedNotes(NotesDB):
     """A mixin user that shares its connection between threads, as the README says to."""
 
-    def __init__(self, path, **options):
-        self.conn = sqlite3.connect(path, check_same_thread=False)
-        self.conn.execute("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
-        self.conn.commit()
-        super().__init__(**options)
-
-    def embedding_text(self, record):
-        return record["body"]
-
-    def iter_records(self):
-        for rid, body in self.conn.execute("SELECT id, body FROM notes ORDER BY id"):
-            yield rid, {"body": body}, "note"
+    connect_options = {"check_same_thread": False}
 
     def add_note(self, body: str) -> int:
         with self.embedding_lock:  # its own SQL, under the mixin's lock

@@ -6,12 +6,14 @@ import dataclasses
 from typing import Any
 
 from ._base import RecordDB, serialised
-from .records import Record, TableSpec, compose, created_now, json_list, listed
+from .records import Record, TableSpec, compose, json_list, listed
+from .timestamps import created_now
 
 
 @dataclasses.dataclass
 class BotRecord(Record):
-    """One bot. Dates are UTC ISO strings taken when the record is made."""
+    """One bot. Dates are UTC ISO strings taken when the record is made (add and update also
+    take a datetime or epoch seconds)."""
 
     EMBEDDED_FIELDS = ("name", "type_", "purpose", "tasks", "tags", "toolchain")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from ._base import RecordDB
-from .records import Record, TableSpec, clip, compose, created_now, json_list, link_field, listed
+from .records import Record, TableSpec, clip, compose, json_list, link_field, listed
+from .timestamps import created_now
 
 CONTEXT_CHARS = 600
 CODE_CHARS = 300

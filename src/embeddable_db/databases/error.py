@@ -8,7 +8,8 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from ._base import RecordDB, serialised
-from .records import Record, TableSpec, clip, compose, created_now, listed
+from .records import Record, TableSpec, clip, compose, listed
+from .timestamps import created_now
 
 STACK_TAIL_CHARS = 600
 

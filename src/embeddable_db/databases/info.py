@@ -7,7 +7,8 @@ import re
 
 from ..errors import InvalidInputError
 from ._base import RecordDB, serialised
-from .records import Record, TableSpec, clip, compose, created_now, json_list, listed, positive_int
+from .records import Record, TableSpec, clip, compose, json_list, listed, positive_int
+from .timestamps import created_now
 
 CONTENT_CHARS = 2000
 _WORD = re.compile(r"\w+")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from ._base import RecordDB
-from .records import Record, TableSpec, compose, created_now, json_list, listed
+from .records import Record, TableSpec, compose, json_list, listed
+from .timestamps import created_now
 
 
 @dataclasses.dataclass

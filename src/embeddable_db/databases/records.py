@@ -9,7 +9,8 @@ they are int lists kept in a link table ``(<owner>_id, <column>)``.
 
 Every column name used in SQL comes from these specs, that is from the dataclasses: names a
 caller passes (``update(**fields)``) are only looked up in that whitelist, never put into SQL.
-Values are checked against the annotations before anything is written.
+Values are checked against the annotations before anything is written; timestamp fields
+(declared with ``timestamps.created_now``) also take a datetime or epoch seconds.
 
 Also here: the small text helpers every database builds its ``embedding_text`` from, so that
 all six render lists, empty parts and long parts the same way.
@@ -24,29 +25,19 @@ import numbers
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from ..errors import InvalidInputError
+from .timestamps import is_timestamp, to_timestamp, utc_now
 
 LINK = "embeddable_db.link"
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER", list: "TEXT", dict: "TEXT"}
 _EMPTY: dict[type, Any] = {str: "", int: 0, float: 0.0, bool: False}
 
 
-def utc_now() -> str:
-    """A timezone-aware UTC ISO timestamp taken now: the default of every record's date field."""
-    return datetime.now(UTC).isoformat()
-
-
 def json_list() -> Any:
     """A list field, stored as a JSON array."""
     return dataclasses.field(default_factory=list)
-
-
-def created_now() -> Any:
-    """A date field set to the UTC time at which the record object is made."""
-    return dataclasses.field(default_factory=utc_now)
 
 
 @dataclasses.dataclass
@@ -169,9 +160,14 @@ class TableSpec:
         self.columns: list[Column] = []
         self.links: list[Link] = []
         owner = f"{kind}_id"
+        self.timestamps: frozenset[str] = frozenset()
         for f in dataclasses.fields(record_type):
             if f.name == "id":
                 continue
+            if is_timestamp(f):
+                if _shape(hints[f.name])[0] is not str:
+                    raise TypeError(f"timestamp field {f.name!r} must be annotated str")
+                self.timestamps |= {f.name}
             if f.metadata.get(LINK):
                 column = f.name.removesuffix("s")  # model_ids -> enhancement_models.model_id
                 link_table = f"{kind}_{column.removesuffix('_id')}s"
@@ -247,6 +243,8 @@ class TableSpec:
         column = self.by_field[field]
         if value is None and column.nullable:
             return None
+        if field in self.timestamps:
+            return to_timestamp(value, where)
         kind = column.type
         if kind is bool:
             ok = isinstance(value, bool)

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 from ..errors import InvalidInputError
 from ._base import RecordDB
-from .records import Record, TableSpec, compose, created_now, json_list, listed
+from .records import Record, TableSpec, compose, json_list, listed
+from .timestamps import created_now
 
 
 @dataclasses.dataclass

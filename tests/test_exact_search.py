@@ -131,7 +131,7 @@ def test_a_faiss_store_never_imports_annoy(tmp_path):
         with Notes(path, backend="faiss", model_name="hash:32") as db:
             db.add_embedding(99, "apple orchard", "note")  # the mapped file takes none: delta
             hits = db.search_by_text("apple", top_k=3)
-            pending = db._live.pending
+            pending = db._engine.view.live.pending
         print(json.dumps({{"hits": [h[0] for h in hits], "pending": pending,
                           "annoy": sorted(m for m in sys.modules if m.split(".")[0] == "annoy"
                                           or m == "embeddable_db.backends.annoy")}}))

@@ -93,6 +93,10 @@ def public_instance_attributes(db) -> list[str]:
 NAMES = {
     "BackendUnavailableError": "exception",
     "BackfillInterrupted": "exception",
+    "BackfillPlan": (
+        "class(records=0, missing=0, stale_text=0, stale_model=0, stale_version=0, unchanged=0, "
+        "orphaned=0, failed=0, failures=<factory>, last_key=None)"
+    ),
     "BackfillResult": (
         "class(embedded=0, reembedded=0, removed=0, unchanged=0, failed=0, failures=<factory>, "
         "seconds=0.0, dry_run=False, interrupted=False, last_record_id=None, last_committed_id=None)"
@@ -262,6 +266,7 @@ MIXIN = {
     "add_embedding": "method(self, record_id, record, kind, *, source_id='')",
     "add_embeddings": "method(self, items, *, batch_size=100, source_ids=None)",
     "backfill_embeddings": "method(self, batch_size=100, *, dry_run=False, progress=None)",
+    "backfill_plan": "method(self)",
     "close": "method(self)",
     "dimension": "property",
     "embedding_count": "method(self)",
@@ -270,6 +275,7 @@ MIXIN = {
     "embedding_options": "property",
     "embedding_owner": "attribute None",
     "embedding_table": "attribute 'embeddings'",
+    "embedding_transaction": "method(self)",
     "embedding_text": "method(self, record)",
     "encode_text": "method(self, text)",
     "encode_texts": "method(self, texts)",

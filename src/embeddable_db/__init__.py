@@ -25,7 +25,7 @@ _ERRORS = (
     "ReadOnlyError",
     "StoreConflictError",
 )
-_REPORTS = ("BackfillInterrupted", "BackfillResult", "VerifyReport")
+_REPORTS = ("BackfillInterrupted", "BackfillPlan", "BackfillResult", "VerifyReport")
 _DATABASES = (
     "REGISTRY",
     "BotDB",
@@ -77,6 +77,11 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     )
     from .errors import *  # noqa: F403
     from .mixin import EmbeddableDBMixin  # noqa: F401
-    from .reports import BackfillInterrupted, BackfillResult, VerifyReport  # noqa: F401
+    from .reports import (  # noqa: F401
+        BackfillInterrupted,
+        BackfillPlan,
+        BackfillResult,
+        VerifyReport,
+    )
 
 __all__ = sorted(_HOME)

@@ -30,6 +30,7 @@ import numpy as np
 from . import validation as check
 from .encoder import get_encoder
 from .errors import EmbeddingError, EncodingError, ModelUnavailableError
+from .store import VectorRow
 
 #: (record key, why it could not be embedded): one record's failure, reported, never fatal.
 Failure = tuple[str, Exception]
@@ -156,6 +157,24 @@ class Encoding:
                 "encode(list[str]) must return one row per text"
             )
         return vectors
+
+    def rows(
+        self,
+        pending: Sequence[Pending],
+        dim: int | None,
+        version: int,
+        failures: list[Failure],
+        vector_of: Callable[[Any], Any] | None = None,
+    ) -> list[VectorRow]:
+        """``VectorRow``s for the items that could be embedded (see ``vectors``)."""
+        vectors = self.vectors(pending, dim, failures, vector_of)
+        rows = [
+            VectorRow(p.key, p.kind, p.source_id, vector, p.digest, self.model_id, version)
+            for p, vector in zip(pending, vectors, strict=True)
+            if vector is not None
+        ]
+        check_same_dimension([row.vector for row in rows], dim, self.model_id)
+        return rows
 
     def vectors(
         self,

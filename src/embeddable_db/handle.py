@@ -220,8 +220,11 @@ class EmptyStore(EmbeddingStore):
     def mapping(self, model: str, dim: int) -> Iterator[tuple]:
         return iter(())
 
-    def states(self) -> dict:
+    def states_of(self, record_ids: list[str]) -> dict:
         return {}
+
+    def keys_page(self, through_seq: int, after: str = "", limit: int = 5_000) -> list[str]:
+        return []
 
     def get_vector(self, record_id: str) -> np.ndarray | None:
         return None

@@ -33,6 +33,26 @@ class BackfillResult:
         return 0 if self.dry_run else self.embedded + self.reembedded
 
 
+@dataclass
+class BackfillPlan:
+    """What a backfill would do now, counted record by record (nothing is encoded)."""
+
+    records: int = 0  #: distinct record ids ``iter_records`` yielded
+    missing: int = 0  #: records without a vector
+    stale_text: int = 0  #: vector made from other text
+    stale_model: int = 0  #: vector made by another model
+    stale_version: int = 0  #: vector made for an older ``embedding_version``
+    unchanged: int = 0
+    orphaned: int = 0  #: vectors whose record is gone
+    failed: int = 0  #: records whose id, kind or text could not be had
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    last_key: str | None = None  #: the last record read
+
+    @property
+    def stale(self) -> int:
+        return self.stale_text + self.stale_model + self.stale_version
+
+
 class BackfillInterrupted(KeyboardInterrupt):
     """Ctrl-C during a backfill: committed batches stay; ``result`` says how far it got."""
 

@@ -28,11 +28,44 @@ from .errors import StoreConflictError
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 FETCH_CHUNK = 10_000
+_STATE = "record_id, text_hash, model, embedding_version, source_id"
 
 
 def utc_now() -> str:
     """A timezone-aware UTC ISO timestamp, taken now (never at import)."""
     return datetime.now(UTC).isoformat()
+
+
+@contextmanager
+def atomic(conn: sqlite3.Connection) -> Iterator[bool]:
+    """One owner per transaction, nesting by SAVEPOINT (as sqlite-utils' ``atomic()``).
+
+    With no transaction open, this begins one (BEGIN IMMEDIATE: the write lock is taken up
+    front, so the busy timeout applies and ``seq`` values are handed out in commit order across
+    processes), commits it on success and rolls it back on error; it yields True, the owner.
+    Inside a transaction someone else opened, the changes go in a SAVEPOINT: an error rolls back
+    only them, never the owner's pending changes, and success leaves the commit to the owner
+    (it yields False). Whoever began a transaction commits it; nothing else does.
+    """
+    if not conn.in_transaction:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield True
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        conn.commit()
+        return
+    conn.execute("SAVEPOINT embeddable_db")
+    try:
+        yield False
+    except BaseException:
+        if conn.in_transaction:  # SQLite may have rolled everything back (disk full)
+            conn.execute("ROLLBACK TO embeddable_db")
+            conn.execute("RELEASE embeddable_db")
+        raise
+    conn.execute("RELEASE embeddable_db")
 
 
 def vector_to_blob(vector: np.ndarray) -> bytes:
@@ -195,37 +228,14 @@ class EmbeddingStore:
 
     @contextmanager
     def write(self) -> Iterator[None]:
-        """One write transaction, committed on success (with anything the caller had pending).
-
-        BEGIN IMMEDIATE takes the write lock up front, so the busy timeout applies and the
-        ``seq`` values handed out are in commit order across processes. In a transaction the
-        caller opened, the store's changes go in a SAVEPOINT: a failure rolls back only them,
-        never the caller's own pending changes; success commits both, as documented.
-        """
-        conn = self.conn
-        if not conn.in_transaction:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if not self._owner_recorded:
-                    self._record_owner()
-                yield
-            except BaseException:
-                conn.rollback()
-                raise
-        else:
-            conn.execute("SAVEPOINT embeddable_db_write")
-            try:
-                if not self._owner_recorded:
-                    self._record_owner()
-                yield
-            except BaseException:
-                if conn.in_transaction:  # SQLite may have rolled everything back (disk full)
-                    conn.execute("ROLLBACK TO embeddable_db_write")
-                    conn.execute("RELEASE embeddable_db_write")
-                raise
-            conn.execute("RELEASE embeddable_db_write")
-        conn.commit()
-        self._owner_recorded = True
+        """The store's changes as one atomic unit (see ``atomic``): committed here when no
+        transaction was open, else left for the transaction's owner to commit."""
+        with atomic(self.conn) as owned:
+            if not self._owner_recorded:
+                self._record_owner()
+            yield
+        if owned:  # else recorded only once the owner commits: checked again next time
+            self._owner_recorded = True
 
     def _next_seqs(self, n: int) -> int:
         """Reserve ``n`` sequence numbers; returns the first. Call inside ``write()``."""
@@ -387,15 +397,35 @@ class EmbeddingStore:
             (model, dim),
         )
 
-    def states(self) -> dict[str, StoredState]:
-        """record_id -> what its vector was made from, for every live vector."""
+    def states_of(self, record_ids: list[str]) -> dict[str, StoredState]:
+        """record_id -> what its vector was made from, for those of these that have one."""
+        found: dict[str, StoredState] = {}
+        for start in range(0, len(record_ids), 500):
+            chunk = record_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._states(
+                f"SELECT {_STATE} FROM {self.table} "
+                f"WHERE deleted = 0 AND record_id IN ({marks})", chunk,
+            ))
+        return found
+
+    def _states(self, sql: str, args) -> dict[str, StoredState]:
         return {
             rid: StoredState(text_hash or "", model or "", version or 0, source or "")
-            for rid, text_hash, model, version, source in self.conn.execute(
-                f"SELECT record_id, text_hash, model, embedding_version, source_id "
-                f"FROM {self.table} WHERE deleted = 0"
-            )
+            for rid, text_hash, model, version, source in self.conn.execute(sql, args)
         }
+
+    def keys_page(self, through_seq: int, after: str = "", limit: int = 5_000) -> list[str]:
+        """Ids of live vectors last changed at or before ``through_seq``, in id order, the
+        first ``limit`` after ``after``: a scan of every key a page at a time."""
+        return [
+            row[0]
+            for row in self.conn.execute(
+                f"SELECT record_id FROM {self.table} WHERE record_id > ? AND deleted = 0 "
+                "AND seq <= ? ORDER BY record_id LIMIT ?",
+                (after, through_seq, limit),
+            )
+        ]
 
     def get_vector(self, record_id: str) -> np.ndarray | None:
         row = self.conn.execute(

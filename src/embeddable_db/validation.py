@@ -332,3 +332,22 @@ def check_vector(vector: Any, dim: int | None, model: str | None = None) -> np.n
         raise InvalidVectorError("vector is all zeros: it has no direction to compare")
     array = array / largest
     return (array / np.linalg.norm(array)).astype(np.float32)
+
+
+def prepared_items(
+    items: Any, source_ids: Any, kinds: tuple[str, ...] | None
+) -> list[tuple[str, Any, str, str]]:
+    """Checked ``(key, record, kind, source_id)`` for ``add_embeddings``' arguments; an id given
+    twice keeps its last item, in that item's place."""
+    items = check_items(items)
+    sources = many(source_ids, "source_ids") if source_ids is not None else [""] * len(items)
+    if len(sources) != len(items):
+        raise InvalidInputError(
+            f"{len(sources)} source_ids for {len(items)} items: give one per item"
+        )
+    latest: dict[str, tuple[str, Any, str, str]] = {}
+    for (record_id, record, kind), source_id in zip(items, sources, strict=True):
+        key = record_key(record_id)
+        latest.pop(key, None)
+        latest[key] = (key, record, check_kind(kind, kinds), check_source_id(source_id))
+    return list(latest.values())

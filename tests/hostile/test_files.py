@@ -282,8 +282,8 @@ def test_opening_a_store_leaves_a_neighbours_in_flight_temp_files_alone(tmp_path
     """``a.index`` and ``a.index.v2`` in one folder: opening the first mid-save of the second."""
     second = _filled(tmp_path, "b.db", index_path=str(tmp_path / "a.index.v2"))
     second.add_embedding(99, {"body": "a change to save"}, "note")
-    second._compact()
-    backend = second._live.backend
+    second._engine.view.compact()
+    backend = second._engine.view.live.backend
     save = backend.save
     opened = []
 
@@ -365,7 +365,7 @@ def test_symlinked_paths_are_resolved_and_share_the_targets_lock(tmp_path):
     direct = _notes(tmp_path, index_path=str(real / "x.index"),
                     metadata_path=str(real / "x.json"))
     assert via_link.index_path == direct.index_path == str(real / "x.index")
-    assert via_link._file_lock.lock_file == direct._file_lock.lock_file
+    assert via_link._engine.files.lock.lock_file == direct._engine.files.lock.lock_file
     via_link.add_embedding(99, {"body": "through the link"}, "note")
     via_link.save_index()
     assert os.path.islink(tmp_path / "link.index") and os.path.islink(tmp_path / "link.json")
@@ -486,7 +486,7 @@ def test_a_symlink_planted_at_the_lock_path_is_named(tmp_path):
 
 def test_a_symlink_planted_at_the_lock_path_while_open_is_named(tmp_path):
     db = _filled(tmp_path)
-    lock = db._file_lock.lock_file
+    lock = db._engine.files.lock.lock_file
     with contextlib.suppress(FileNotFoundError):
         os.unlink(lock)
     os.symlink(tmp_path / "elsewhere", lock)
@@ -503,10 +503,10 @@ def test_a_save_keeps_the_files_permissions(tmp_path, mode):
     db = _filled(tmp_path)
     os.chmod(db.index_path, mode)
     os.chmod(db.metadata_path, mode)
-    generation = db._live.generation
+    generation = db._engine.view.live.generation
     db.add_embedding(99, {"body": "one more owl"}, "note")
     db.save_index()
-    assert db._live.generation == generation + 1
+    assert db._engine.view.live.generation == generation + 1
     for path in (db.index_path, db.metadata_path):
         assert stat.S_IMODE(os.stat(path).st_mode) == mode, path
     db.close()

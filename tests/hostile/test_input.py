@@ -120,13 +120,17 @@ def test_a_failing_write_in_the_callers_transaction_rolls_back_only_the_stores_c
     assert _committed_notes(tmp_path / "notes.db") == ["my own row"]
     assert db.get_vector("new") is None
     assert db.embedding_count() == 1
-    # A successful write still commits the caller's pending change with the vector.
+    # A successful write leaves the commit to the transaction's owner: row and vector
+    # commit together when the caller commits.
     db.conn.execute("DROP TRIGGER no_more")
     db.conn.commit()
     db.conn.execute("INSERT INTO notes(body) VALUES ('second row')")
     db.add_embedding("new", {"body": "new text"}, "note")
-    assert not db.conn.in_transaction
+    assert db.conn.in_transaction
+    assert _committed_notes(tmp_path / "notes.db") == ["my own row"]
+    db.conn.commit()
     assert _committed_notes(tmp_path / "notes.db") == ["my own row", "second row"]
+    assert db.embedding_count() == 2
     _close(db)
 
 
@@ -370,7 +374,9 @@ def test_rows_changed_after_prepare_are_checked_again_before_writing(tmp_path, c
     assert db.conn.in_transaction and db.embedding_count() == 0
     assert db.store_embeddings([dataclasses.replace(row, record_id=7)]) == 1  # stored as "7"
     assert db.get_vector("7") is not None
+    db.conn.commit()  # the caller's transaction: the caller commits
     assert _committed_notes(tmp_path / "notes.db") == ["my own row"]
+    assert db.embedding_count() == 1
     _close(db)
 
 

@@ -288,27 +288,27 @@ def test_read_only_open_writes_nothing_and_still_searches(tmp_path, backend, dam
 def test_read_only_big_delta_is_compacted_in_memory_only(tmp_path, monkeypatch):
     """Files far behind SQLite: a writable open would compact and write; read-only does it in
     memory, both at open and when a search catches up with a writer's new vectors."""
-    import embeddable_db.mixin as mixin
+    import embeddable_db.live_view as live_view
 
     data = tmp_path / "data"
     answer = filled_bots(data)
     leave_files_behind(data, ghosts(30))
-    monkeypatch.setattr(mixin, "MIN_PENDING", 2)
-    monkeypatch.setattr(mixin, "MAX_PENDING", 2)
+    monkeypatch.setattr(live_view, "MIN_PENDING", 2)
+    monkeypatch.setattr(live_view, "MAX_PENDING", 2)
     remove_lock_files(data)
     before = digest_without_sqlite_sidecars(tmp_path)
     db = BotDB(data_dir=data, model_name="hash:32", read_only=True)
     assert db.embedding_count() == 42
     assert digest_without_sqlite_sidecars(tmp_path) == before
-    monkeypatch.setattr(mixin, "MIN_PENDING", 10_000)
-    monkeypatch.setattr(mixin, "MAX_PENDING", 50_000)
+    monkeypatch.setattr(live_view, "MIN_PENDING", 10_000)
+    monkeypatch.setattr(live_view, "MAX_PENDING", 50_000)
     with BotDB(data_dir=data, model_name="hash:32") as writer:  # another writer, meanwhile
         ghosts(5, first=2000)(writer)
-        writer._can_defer_flush = lambda: True
+        writer._engine._can_defer_flush = lambda: True
     remove_lock_files(data)
     before = digest_without_sqlite_sidecars(tmp_path)
-    monkeypatch.setattr(mixin, "MIN_PENDING", 2)
-    monkeypatch.setattr(mixin, "MAX_PENDING", 2)
+    monkeypatch.setattr(live_view, "MIN_PENDING", 2)
+    monkeypatch.setattr(live_view, "MAX_PENDING", 2)
     assert db.embedding_count() == 47  # caught up, compacted in memory
     assert [(hit.record_id, round(hit.distance, 5)) for hit in db.search("weather", top_k=4)] == (
         answer

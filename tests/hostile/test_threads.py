@@ -89,9 +89,9 @@ class SharedNotes(NotesDB):
     connect_options = {"check_same_thread": False}
 
     def add_note(self, body: str) -> int:
-        with self.embedding_lock:  # its own SQL, under the mixin's lock
+        with self.embedding_transaction():  # its own SQL, under the mixin's lock
             rid = self.conn.execute("INSERT INTO notes(body) VALUES (?)", (body,)).lastrowid
-            self.add_embedding(rid, {"body": body}, "note")  # commits the row with its vector
+            self.add_embedding(rid, {"body": body}, "note")  # commits with the row
         return rid
 
 

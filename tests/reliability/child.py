@@ -22,14 +22,16 @@ import time
 
 from reliability_helpers import Notes, SlowEncoder, fill_notes
 
-from embeddable_db import BackfillInterrupted, EmbeddableDBMixin
+from embeddable_db import BackfillInterrupted
+from embeddable_db import backfill as backfill_module
+from embeddable_db.index_files import IndexFiles
 
 
 def mark_calls(marks_path: str) -> None:
     fd = os.open(marks_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def wrap(name: str, letter: str) -> None:
-        original = getattr(EmbeddableDBMixin, name)
+    def wrap(owner, name: str, letter: str) -> None:
+        original = getattr(owner, name)
 
         def wrapper(self, *args, **kwargs):
             os.write(fd, letter.encode())
@@ -37,10 +39,10 @@ def mark_calls(marks_path: str) -> None:
             os.write(fd, letter.lower().encode())
             return result
 
-        setattr(EmbeddableDBMixin, name, wrapper)
+        setattr(owner, name, wrapper)
 
-    wrap("_write_files", "W")
-    wrap("_backfill_batch", "B")
+    wrap(IndexFiles, "write", "W")  # writing the index files
+    wrap(backfill_module, "_embed_batch", "B")  # one backfill batch: model call and commit
 
 
 def slow_file_operations(seed: int) -> None:

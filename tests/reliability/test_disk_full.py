@@ -84,7 +84,7 @@ def test_disk_full_during_save(tmp_path, monkeypatch, caplog, backend, where, fl
     if flush == "close":
         # close() leaves a small Annoy delta for the next open (test_close_defers_a_small_delta
         # in tests/test_mixin.py); make it write, as it does once the delta is large.
-        db._can_defer_flush = lambda: False
+        db._engine._can_defer_flush = lambda: False
     db.backfill_embeddings()
     old_files = file_bytes(db.index_path, db.metadata_path)
 

@@ -123,7 +123,7 @@ def test_ctrl_c_during_the_final_index_save(tmp_path, monkeypatch):
     def interrupted_save():
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(db, "save_index", interrupted_save)
+    monkeypatch.setattr(db._engine, "flush", interrupted_save)  # the backfill's final save
     with pytest.raises(BackfillInterrupted) as caught:
         db.backfill_embeddings(batch_size=10)
     monkeypatch.undo()

@@ -84,17 +84,17 @@ def test_commit_between_reading_changes_and_version_is_seen(tmp_path, monkeypatc
     db = Notes(tmp_path / "r.db", encoder=HashingEncoder(32))
     other = Notes(tmp_path / "r.db", encoder=HashingEncoder(32))
     db.add_embedding(1, {"body": "first note"}, "note")
-    real = type(db._store).changes_since
+    real = type(db._engine.store).changes_since
     fired = []
 
     def changes_then_commit(store, seq):
         changes = real(store, seq)
-        if store is db._store and not fired:
+        if store is db._engine.store and not fired:
             fired.append(True)
             other.add_embedding(2, {"body": "second note"}, "note")  # another connection
         return changes
 
-    monkeypatch.setattr(type(db._store), "changes_since", changes_then_commit)
+    monkeypatch.setattr(type(db._engine.store), "changes_since", changes_then_commit)
     other.add_embedding(3, {"body": "third note"}, "note")
     assert db.embedding_count() == 2  # synced 1 and 3; 2 was committed meanwhile
     assert fired

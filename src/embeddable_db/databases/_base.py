@@ -9,9 +9,9 @@ Record ids in the embeddings table are ``"<kind>:<row id>"`` (``"bot:12"``,
 ``"telemetry:12"``) in every database, so the tables of one store can never collide and a
 search hit always says which table it came from.
 
-Every write is one SQLite transaction that holds the row change and the vector change:
-the row is written, then the mixin encodes and upserts (or removes) the vector and commits both
-together. If encoding fails, the row change is rolled back, so a failed ``add`` changes nothing.
+Every write is one SQLite transaction (``embedding_transaction()``) that holds the row change and
+the vector change, committed together or not at all. Vectors are encoded before it begins; if
+encoding fails, nothing is written, so a failed ``add`` changes nothing.
 Text is checked before anything is written: a record whose embedded fields are all empty is
 refused with an ``InvalidInputError`` (a ``ValueError``) naming those fields.
 
@@ -260,36 +260,20 @@ class RecordDB(EmbeddableDBMixin):
     # -- transactions ------------------------------------------------------------------------------
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """``_unlocked_transaction`` holding ``embedding_lock`` throughout: no other thread's
-        statement can land in it."""
-        with self.embedding_lock, self._unlocked_transaction() as conn:
-            yield conn
-
-    @contextmanager
-    def _unlocked_transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction for a row change and its vector change; rolled back on error.
-
-        The mixin commits when it writes a vector, so that write must be the block's last step.
-        """
+        """One write transaction for a row change and its vector change (``embedding_transaction``:
+        they commit together, in whichever order they were written, or neither does)."""
         self._ensure_open(write="this change")
-        conn = self.conn
-        if conn.in_transaction:
-            raise EmbeddingError(
-                f"{type(self).__name__}.conn has an open transaction: commit or roll it back first"
-            )
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except sqlite3.IntegrityError as exc:
-            if conn.in_transaction:
-                conn.rollback()
-            raise InvalidInputError(f"{type(self).__name__}: {exc}") from exc
-        except BaseException:
-            if conn.in_transaction:
-                conn.rollback()
-            raise
-        if conn.in_transaction:
-            conn.commit()
+        with self.embedding_lock:  # before looking: another thread's transaction may be open
+            if self.conn.in_transaction:
+                raise EmbeddingError(
+                    f"{type(self).__name__}.conn has an open transaction: commit or roll it "
+                    "back first"
+                )
+            try:
+                with self.embedding_transaction():
+                    yield self.conn
+            except sqlite3.IntegrityError as exc:
+                raise InvalidInputError(f"{type(self).__name__}: {exc}") from exc
 
     # -- CRUD ---------------------------------------------------------------------------------------
     def add(self, record: Any) -> int:

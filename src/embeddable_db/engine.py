@@ -1,0 +1,104 @@
+"""The engine seam: what a storage engine gives the mixin, and the factory that picks one.
+
+The mixin (``mixin.py``) is a facade: it checks arguments, encodes and hands everything about
+storing and searching vectors to an engine. An engine owns its connection's use (``lock``), its
+transactions (``transaction()``: one owner, nesting by SAVEPOINT) and whatever it keeps beside
+the vectors (the SQLite engine: a live index and index files). A second engine (PostgreSQL) is
+one more class with these methods, proved by one more parameter of the conformance suite
+(``tests/conformance``).
+
+Record keys are strings; vectors are float32 numpy arrays; ``StoredState`` is what backfill
+compares to decide staleness. Nothing here imports the mixin.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import EmbeddingError
+from .reports import VerifyReport
+from .store import StoredState, VectorRow
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every storage engine provides; each method holds ``lock`` itself."""
+
+    name: str
+    #: Held by every method while it uses the connection; callers that use the same
+    #: connection from several threads hold it too (the mixin's ``embedding_lock``).
+    lock: threading.RLock
+    model_id: str
+    read_only: bool
+
+    @property
+    def dim(self) -> int | None:
+        """The dimension of the searchable vectors, once there are any."""
+
+    def identity(self) -> tuple[str | None, int | None]:
+        """The (model, dimension) the stored vectors were made with."""
+
+    # -- writes ----------------------------------------------------------------------------------
+    def transaction(self) -> AbstractContextManager[None]:
+        """Everything inside commits together or not at all; nested: a savepoint."""
+
+    def in_transaction(self) -> bool:
+        """True while a transaction (the caller's or ``transaction()``'s) is open."""
+
+    def write(self, rows: list[VectorRow], *, compact_over: int | None = None) -> None:
+        """Insert or replace vectors (durable once the outermost transaction commits)."""
+
+    def remove(self, keys: list[str]) -> set[str]:
+        """Drop vectors; returns the keys that had one."""
+
+    def set_version(self, keys: list[str], version: int) -> set[str]:
+        """Mark vectors as made for ``version``; returns the keys that had one."""
+
+    # -- reads -----------------------------------------------------------------------------------
+    def states_of(self, keys: list[str]) -> dict[str, StoredState]:
+        """What the vectors of these keys were made from (keys without a vector are absent)."""
+
+    def keys_page(self, through_seq: int, after: str = "", limit: int = 5_000) -> list[str]:
+        """Keys of vectors last changed at or before ``through_seq``, in order, after ``after``."""
+
+    def last_seq(self) -> int:
+        """The change counter: every write moves it forward."""
+
+    def get_vector(self, key: str) -> np.ndarray | None: ...
+
+    def count(self) -> int:
+        """How many vectors a search can find."""
+
+    def model_counts(self) -> dict[str, int]: ...
+
+    def search(self, query: Any, top_k: int, kind: str | None) -> list[tuple[str, float]]:
+        """``(key, 1 - cosine)`` best first; with ``kind``, still ``top_k`` when that many."""
+
+    # -- upkeep ----------------------------------------------------------------------------------
+    def flush(self) -> None: ...
+
+    def reload(self) -> None: ...
+
+    def rebuild(self) -> None: ...
+
+    def verify(self, *, repair: bool = False) -> VerifyReport: ...
+
+    def close(self) -> None: ...
+
+
+def engine_class(conn: Any, who: str) -> type:
+    """The engine class for ``conn``, checked before anything else; ``who`` (the store
+    class's name) is named in the error."""
+    if isinstance(conn, sqlite3.Connection):
+        from .sqlite_engine import SQLiteEngine
+
+        return SQLiteEngine
+    raise EmbeddingError(
+        f"{who} must set self.conn to a sqlite3.Connection before calling "
+        "EmbeddableDBMixin.__init__"
+    )

@@ -259,6 +259,18 @@ def test_package_import_never_imports_torch(onnx_file):
     assert report == {"heavy": [], "shape": [1, 384], "name": DEFAULT_MODEL}
 
 
+def test_export_names_still_import_from_onnx_encoder(mod):
+    """Exporting moved to onnx_export.py; a user's ``from ...onnx_encoder import`` still works."""
+    from embeddable_db import onnx_export
+
+    namespace: dict = {}
+    exec("from embeddable_db.onnx_encoder import *", namespace)
+    assert set(mod.__all__) <= set(namespace)
+    for name in ("export_onnx", "check_export", "integrity_path", "INTEGRITY_SUFFIX"):
+        assert getattr(mod, name) is getattr(onnx_export, name)
+    assert not hasattr(mod, "_sha256")  # moved private helpers: a patch here fails, never misses
+
+
 def test_split_runs(mod):
     assert mod._split_runs([], 32) == [(0, 0)]
     assert mod._split_runs([17] * 32, 32) == [(0, 32)]

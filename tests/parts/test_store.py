@@ -133,7 +133,7 @@ def test_remove_is_a_soft_delete_returning_the_ids_that_had_a_vector(store):
     assert store.remove(["a", "b"]) == set()
     assert store.remove([]) == set()
     assert store.get_vector("a") is None and store.count() == 1
-    assert set(store.states()) == {"c"}
+    assert set(store.states_of(["a", "b", "c"])) == {"c"}
     # The rows stay (so the removal has a seq every process's index sees), without a vector.
     deleted = dict(store.conn.execute("SELECT record_id, deleted FROM embeddings"))
     assert deleted == {"a": 1, "b": 1, "c": 0}
@@ -149,7 +149,7 @@ def test_set_embedding_version_marks_live_vectors_only(store):
     seq = store.last_seq()
     assert store.set_embedding_version(["a", "c", "zzz", "a"], 5) == {"a"}
     assert store.set_embedding_version([], 5) == set()
-    states = store.states()
+    states = store.states_of(["a", "b", "c"])
     assert states["a"].embedding_version == 5 and states["b"].embedding_version == 1
     np.testing.assert_array_equal(store.get_vector("a"), vector)
     assert [c.record_id for c in store.changes_since(seq)] == ["a"]  # it reaches other indexes
@@ -163,10 +163,25 @@ def test_states_say_what_each_live_vector_was_made_from(store):
     store.upsert([row("a", text_hash="ha2", model="m", version=3, source_id="src-2")])
     store.upsert([row("gone")])
     store.remove(["gone"])
-    assert store.states() == {
+    assert store.states_of(["a", "b", "gone", "never"]) == {
         "a": StoredState("ha2", "m", 3, "src-2"),
         "b": StoredState("hb", "other", 7, ""),
     }
+    many = [f"k{i}" for i in range(1_200)]  # past one chunk of the IN lists
+    store.upsert([row(key) for key in many])
+    assert set(store.states_of(many[::-1])) == set(many)
+
+
+def test_keys_page_walks_live_keys_changed_up_to_a_seq(store):
+    store.upsert([row(f"k{i:02}") for i in range(7)])
+    through = store.last_seq()
+    store.remove(["k03"])
+    store.upsert([row("k99")])  # after `through`: not listed
+    pages, after = [], ""
+    while page := store.keys_page(through, after, limit=2):
+        pages.append(page)
+        after = page[-1]
+    assert pages == [["k00", "k01"], ["k02", "k04"], ["k05", "k06"]]
 
 
 # -- seq and changes ----------------------------------------------------------------------------

@@ -1,0 +1,28 @@
+"""The ``engine`` fixture: one factory (``engines.py``) per engine variant, one store per test.
+
+Parameters are ``<engine>-<variant>`` (today ``sqlite-annoy``, ``sqlite-faiss``,
+``sqlite-faiss-hnsw``): a new engine's factory in ``ENGINES`` adds its own.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .engines import ENGINES
+
+PARAMS = [
+    pytest.param((engine, variant), id=f"{engine.name}-{variant}")
+    for engine in ENGINES
+    for variant in engine.variants
+]
+
+
+@pytest.fixture(params=PARAMS)
+def engine(request, tmp_path):
+    engine_class, variant = request.param
+    reason = engine_class.available()
+    if reason is not None:
+        pytest.skip(f"{engine_class.name}: {reason}")
+    factory = engine_class(tmp_path, variant)
+    yield factory
+    factory.close_all()

@@ -94,8 +94,8 @@ NAMES = {
     "BackendUnavailableError": "exception",
     "BackfillInterrupted": "exception",
     "BackfillPlan": (
-        "class(records=0, missing=0, stale_text=0, stale_model=0, stale_version=0, unchanged=0, "
-        "orphaned=0, failed=0, failures=<factory>, last_key=None)"
+        "class(records=0, missing=0, stale_text=0, stale_model=0, stale_version=0, stale_kind=0, "
+        "unchanged=0, orphaned=0, failed=0, failures=<factory>, last_key=None)"
     ),
     "BackfillResult": (
         "class(embedded=0, reembedded=0, removed=0, unchanged=0, failed=0, failures=<factory>, "

@@ -253,6 +253,8 @@ class _Walk:
             plan.stale_model += 1
         elif state.embedding_version < source.embedding_version:
             plan.stale_version += 1
+        elif state.kind != item.kind:
+            plan.stale_kind += 1  # searched by kind: the vector must follow its record
         else:
             plan.unchanged += 1
             return None

@@ -42,6 +42,7 @@ class BackfillPlan:
     stale_text: int = 0  #: vector made from other text
     stale_model: int = 0  #: vector made by another model
     stale_version: int = 0  #: vector made for an older ``embedding_version``
+    stale_kind: int = 0  #: the record's kind changed since
     unchanged: int = 0
     orphaned: int = 0  #: vectors whose record is gone
     failed: int = 0  #: records whose id, kind or text could not be had
@@ -50,7 +51,7 @@ class BackfillPlan:
 
     @property
     def stale(self) -> int:
-        return self.stale_text + self.stale_model + self.stale_version
+        return self.stale_text + self.stale_model + self.stale_version + self.stale_kind
 
 
 class BackfillInterrupted(KeyboardInterrupt):

@@ -28,7 +28,7 @@ from .errors import StoreConflictError
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 FETCH_CHUNK = 10_000
-_STATE = "record_id, text_hash, model, embedding_version, source_id"
+_STATE = "record_id, text_hash, model, embedding_version, source_id, kind"
 
 
 def utc_now() -> str:
@@ -109,6 +109,7 @@ class StoredState:
     model: str
     embedding_version: int
     source_id: str = ""  # kept when the vector is re-embedded
+    kind: str = ""
 
 
 class EmbeddingStore:
@@ -411,8 +412,8 @@ class EmbeddingStore:
 
     def _states(self, sql: str, args) -> dict[str, StoredState]:
         return {
-            rid: StoredState(text_hash or "", model or "", version or 0, source or "")
-            for rid, text_hash, model, version, source in self.conn.execute(sql, args)
+            rid: StoredState(text_hash or "", model or "", version or 0, source or "", kind)
+            for rid, text_hash, model, version, source, kind in self.conn.execute(sql, args)
         }
 
     def keys_page(self, through_seq: int, after: str = "", limit: int = 5_000) -> list[str]:

@@ -289,14 +289,17 @@ def test_backfill_drops_the_vectors_of_removed_records(engine):
         store = engine.reopen(store)
 
 
-@pytest.mark.xfail(strict=True, reason="library gap: backfill decides staleness by text, model "
-                   "and embedding_version only, so a record whose kind changed keeps its old kind")
 def test_backfill_follows_a_record_whose_kind_changed(engine):
     store = engine.open({1: "alpha beta", 2: "gamma delta"}, kinds="a", encoder="hash:64")
     store.backfill_embeddings()
     engine.put_records({1: "alpha beta"}, kinds="b")
-    store.backfill_embeddings()
+    assert store.backfill_plan().stale_kind == 1
+    result = store.backfill_embeddings()
+    assert (result.reembedded, result.unchanged) == (1, 1)
     assert [rid for rid, _ in store.search_by_text("alpha", top_k=2, kind="b")] == ["1"]
+    assert [rid for rid, _ in store.search_by_text("alpha", top_k=2, kind="a")] == ["2"]
+    store = engine.reopen(store)
+    assert [rid for rid, _ in store.search_by_text("alpha", top_k=2, kind="a")] == ["2"]
 
 
 # -- rebuilding never encodes -----------------------------------------------------------------

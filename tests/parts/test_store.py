@@ -164,8 +164,8 @@ def test_states_say_what_each_live_vector_was_made_from(store):
     store.upsert([row("gone")])
     store.remove(["gone"])
     assert store.states_of(["a", "b", "gone", "never"]) == {
-        "a": StoredState("ha2", "m", 3, "src-2"),
-        "b": StoredState("hb", "other", 7, ""),
+        "a": StoredState("ha2", "m", 3, "src-2", "note"),
+        "b": StoredState("hb", "other", 7, "", "note"),
     }
     many = [f"k{i}" for i in range(1_200)]  # past one chunk of the IN lists
     store.upsert([row(key) for key in many])

@@ -225,6 +225,35 @@ def test_stats_verify_rebuild(data_dir):
     assert rebuild.returncode == 0 and "rebuilt 3 vectors" in rebuild.stdout
 
 
+def test_stats_counts_what_backfill_would_do_per_reason(data_dir):
+    """The columns are backfill's own plan: records read, missing, stale (with the reasons),
+    orphaned and unreadable, beside the vectors a search finds."""
+    assert cli("backfill", "--db", "bot", "--data-dir", data_dir, *HASH).returncode == 0
+    path = data_dir / "bot" / "bot.db"
+    conn = sqlite3.connect(path)
+    first, second, third = [r[0] for r in conn.execute("SELECT id FROM bots ORDER BY id")]
+    conn.execute("UPDATE bots SET purpose = 'something else entirely' WHERE id = ?", (first,))
+    conn.execute("DELETE FROM bots WHERE id = ?", (second,))
+    conn.execute("INSERT INTO bots(name, purpose) VALUES ('fresh bot', 'just added')")
+    conn.execute(
+        "UPDATE bot_embeddings SET embedding_version = 0 WHERE record_id = ?", (f"bot:{third}",)
+    )
+    conn.commit()
+    conn.close()
+    out = cli("stats", "--db", "bot", "--data-dir", data_dir, *HASH)
+    assert out.returncode == 0, out.stderr
+    row = summary(out.stdout)["bot"]
+    assert (row["records"], row["vectors"], row["missing"], row["stale"], row["orphaned"],
+            row["unreadable"]) == ("3", "3", "1", "2", "1", "0")
+    assert "bot: 2 stale: 1 text changed, 1 older embedding_version" in out.stdout
+    result = cli("backfill", "--db", "bot", "--data-dir", data_dir, *HASH)
+    assert result.returncode == 0
+    after = summary(cli("stats", "--db", "bot", "--data-dir", data_dir, *HASH).stdout)["bot"]
+    assert (after["missing"], after["stale"], after["orphaned"], after["vectors"]) == (
+        "0", "0", "0", "3"
+    )
+
+
 @pytest.mark.model
 def test_documented_command_as_written(tmp_path):
     """The seed's exact command, default model and data directory, from a fresh process."""

@@ -18,7 +18,7 @@ from ..databases import REGISTRY
 from ..encoder import get_encoder
 from ..errors import EmbeddingError
 from ..integrity import MODEL_SWITCH_PROBLEM
-from ..reports import BackfillInterrupted, BackfillResult
+from ..reports import BackfillInterrupted, BackfillPlan, BackfillResult
 from .output import GuardedOutput, Progress, clean, dumps, human_bytes, print_table, warn
 from .parser import UsageError, build_parser
 from .stores import (
@@ -197,21 +197,29 @@ def hit_json(name: str, hit: Any) -> dict[str, Any]:
 
 # -- stats, verify, rebuild -----------------------------------------------------------------------
 def run_stats(args: argparse.Namespace) -> int:
+    """Per database: what backfill would do now (its own plan, counted per reason) and the
+    store's state. ``records`` are the records a backfill reads, ``vectors`` the vectors a
+    search finds, ``missing``/``stale``/``orphaned`` what it would embed, re-embed and remove,
+    ``unreadable`` the records it would skip."""
     targets, models = prepare(args, reads=True)
     lines: list[Sequence[Any]] = [("database", "records", "vectors", "missing", "stale",
-                                   "orphaned", "model", "dim", "backend", "index size")]
+                                   "orphaned", "unreadable", "model", "dim", "backend",
+                                   "index size")]
     notes: list[str] = []
 
     def work(target: Target) -> bool:
         with open_db(target, args, model=models[target.name], read_only=True) as db:
-            plan = db.backfill_embeddings(dry_run=True)
+            plan = db.backfill_plan()
             counts = db.model_counts()
             size = sum(os.path.getsize(p) for p in (db.index_path, db.metadata_path)
                        if p and os.path.isfile(p))
             model = db.model_id + (f" (+{len(counts) - 1} other)" if len(counts) > 1 else "")
-            lines.append((target.name, plan.processed, db.embedding_count(), plan.embedded,
-                          plan.reembedded, plan.removed, model, db.dimension or "-",
+            lines.append((target.name, plan.records, db.embedding_count(), plan.missing,
+                          plan.stale, plan.orphaned, plan.failed, model, db.dimension or "-",
                           db.backend_name, human_bytes(size)))
+            why = stale_reasons(plan)
+            if why:
+                notes.append(f"{target.name}: {plan.stale} stale: {why}")
             note = half_switched(target.name, db.model_id, counts)
             if note:
                 notes.append(note)
@@ -222,6 +230,13 @@ def run_stats(args: argparse.Namespace) -> int:
     for note in notes:
         print(clean(note))
     return code
+
+
+def stale_reasons(plan: BackfillPlan) -> str:
+    """"2 text changed, 1 older embedding_version": why the stale vectors are stale."""
+    reasons = [(plan.stale_text, "text changed"), (plan.stale_model, "another model"),
+               (plan.stale_version, "older embedding_version"), (plan.stale_kind, "kind changed")]
+    return ", ".join(f"{n} {why}" for n, why in reasons if n)
 
 
 def run_verify(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from .engine import Engine
 from .errors import EmbeddingError, InvalidInputError
 from .live_view import BACKFILL_MAX_PENDING
 from .reports import BackfillInterrupted, BackfillPlan, BackfillResult
-from .store import StoredState, VectorRow
+from .rows import StoredState, VectorRow
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import numpy as np
 from . import validation as check
 from .encoder import get_encoder
 from .errors import EmbeddingError, EncodingError, ModelUnavailableError
-from .store import VectorRow
+from .rows import VectorRow
 
 #: (record key, why it could not be embedded): one record's failure, reported, never fatal.
 Failure = tuple[str, Exception]

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import EmbeddingError
 from .reports import VerifyReport
-from .store import StoredState, VectorRow
+from .rows import StoredState, VectorRow
 
 
 @runtime_checkable

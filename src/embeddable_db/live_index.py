@@ -15,7 +15,7 @@ import numpy as np
 
 from .backends import VectorIndex
 from .backends.exact import exact_top_k
-from .store import Change
+from .rows import Change
 
 
 class ExactDelta:

@@ -28,7 +28,7 @@ from .handle import Handle
 from .options import StoreOptions, option_keywords
 from .owner import store_owner
 from .reports import BackfillPlan, BackfillResult, VerifyReport
-from .store import VectorRow
+from .rows import VectorRow
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,14 @@ import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 
 from .errors import StoreConflictError
+from .rows import Change, StoredState, VectorRow
+
+__all__ = ["Change", "EmbeddingStore", "StoredState", "VectorRow", "atomic"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 FETCH_CHUNK = 10_000
@@ -74,42 +76,6 @@ def vector_to_blob(vector: np.ndarray) -> bytes:
 
 def blob_to_vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
-
-
-@dataclass(frozen=True, slots=True)
-class VectorRow:
-    """One embedding to write: what it is, what it was made from and by which model."""
-
-    record_id: str
-    kind: str
-    source_id: str
-    vector: np.ndarray
-    text_hash: str
-    model: str
-    embedding_version: int
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """A row changed after some ``seq``: an upsert, or a removal when ``vector`` is None."""
-
-    label: int
-    record_id: str
-    kind: str
-    model: str | None
-    vector: np.ndarray | None
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoredState:
-    """What backfill compares against to decide whether a record's vector is stale."""
-
-    text_hash: str
-    model: str
-    embedding_version: int
-    source_id: str = ""  # kept when the vector is re-embedded
-    kind: str = ""
 
 
 class EmbeddingStore:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DimensionMismatchError, InvalidInputError, InvalidVectorError
-from .store import VectorRow
+from .rows import VectorRow
 
 _FLOAT32 = np.dtype(np.float32)
 MAX_ID_CHARS = 1024

@@ -24,37 +24,24 @@ waiting for the model blocks no other thread's search.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, ClassVar
 
 from .. import validation as check
-from ..errors import EmbeddingError, InvalidInputError, ReadOnlyError
-from ..handle import connect_read_only, sqlite_error
+from ..errors import EmbeddingError, InvalidInputError
+from ..handle import sqlite_error
 from ..mixin import EmbeddableDBMixin
 from ..options import StoreOptions, database_paths, option_keywords
+from .opening import check_schema, connect, create_schema, serialised
 from .records import TableSpec, UnreadableRow, positive_int, row_id, utc_now
 
 log = logging.getLogger(__name__)
 
 PAGE = 500  # rows read per query by iter_records
-
-
-def serialised(method: Callable) -> Callable:
-    """Run a method that uses the connection holding ``embedding_lock``, so that threads
-    sharing the database take turns with it."""
-
-    @functools.wraps(method)
-    def locked(self, *args: Any, **kwargs: Any) -> Any:
-        with self.embedding_lock:
-            return method(self, *args, **kwargs)
-
-    return locked
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,22 +102,12 @@ class RecordDB(EmbeddableDBMixin):
             metadata_path=options.metadata_path,
         )
         read_only = options.read_only
-        if read_only:
-            self.conn = connect_read_only(self.path, timeout=30.0, check_same_thread=False)
-        else:
-            for file in (self.path, index_path, metadata_path):
-                if file is not None and file != ":memory:":
-                    Path(file).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                # Usable from any thread of this process; every use holds embedding_lock.
-                self.conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
-            except sqlite3.OperationalError as exc:
-                raise sqlite_error(self.path, exc) from exc
+        self.conn = connect(self.path, read_only, (index_path, metadata_path))
         try:
             if read_only:
-                self._check_schema()
+                check_schema(self.conn, self.tables, self.path, type(self).__name__)
             else:
-                self._create_schema()
+                create_schema(self.conn, self.tables, self._extra_schema)
             super().__init__(
                 **options.keywords(index_path=index_path, metadata_path=metadata_path)
             )
@@ -162,33 +139,6 @@ class RecordDB(EmbeddableDBMixin):
             cls.name, cls.index_filename, path, data_dir=data_dir, index_path=index_path,
             metadata_path=metadata_path,
         )
-
-    def _create_schema(self) -> None:
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for spec in self.tables:
-                for statement in spec.schema():
-                    conn.execute(statement)
-                existing = [row[1] for row in conn.execute(f"PRAGMA table_info({spec.table})")]
-                for statement in spec.migrations(existing):
-                    conn.execute(statement)
-            self._extra_schema()
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
-
-    def _check_schema(self) -> None:
-        """A read-only open cannot create or upgrade tables: refuse one that needs it."""
-        for spec in self.tables:
-            existing = [row[1] for row in self.conn.execute(f"PRAGMA table_info({spec.table})")]
-            if not existing or spec.migrations(existing):
-                raise ReadOnlyError(
-                    f"{self.path} has no up-to-date table {spec.table!r} (is it a "
-                    f"{type(self).__name__} database made by an older version?): open it once "
-                    "without read_only=True to create or upgrade its tables"
-                )
 
     def _extra_schema(self) -> None:
         """Hook for a database's own tables, triggers or indexes (inside the schema transaction)."""

@@ -1,0 +1,47 @@
+"""The data that crosses the engine seam: a vector to write, a change to follow, a stored state.
+
+Plain frozen dataclasses with no storage in them, so the encoding, backfill and every engine
+share them without depending on one another (``store.py`` re-exports them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class VectorRow:
+    """One embedding to write: what it is, what it was made from and by which model."""
+
+    record_id: str
+    kind: str
+    source_id: str
+    vector: np.ndarray
+    text_hash: str
+    model: str
+    embedding_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A row changed after some ``seq``: an upsert, or a removal when ``vector`` is None."""
+
+    label: int
+    record_id: str
+    kind: str
+    model: str | None
+    vector: np.ndarray | None
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What backfill compares against to decide whether a record's vector is stale."""
+
+    text_hash: str
+    model: str
+    embedding_version: int
+    source_id: str = ""  # kept when the vector is re-embedded
+    kind: str = ""

@@ -396,17 +396,7 @@ MIXIN_INSTANCE = [
     "model_name",
 ]
 
-RECORD_DB_INSTANCE = [
-    "backend_name",
-    "conn",
-    "embedding_version",
-    "index_path",
-    "metadata_path",
-    "model_backend",
-    "model_id",
-    "model_name",
-    "path",
-]
+RECORD_DB_INSTANCE = sorted([*MIXIN_INSTANCE, "path"])
 
 
 # -- the tests ------------------------------------------------------------------------------------

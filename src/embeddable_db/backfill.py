@@ -202,16 +202,16 @@ class _Walk:
     def next_window(self, limit: int) -> list[Planned]:
         """Up to ``limit`` records to embed (fewer only when the records are exhausted)."""
         window: list[Planned] = []
-        with self.engine.lock:
-            while len(window) < limit:
-                candidates = self._read(limit - len(window))
+        while len(window) < limit:
+            with self.engine.lock:  # taken per chunk: a long scan of current records lets
+                candidates = self._read(min(limit - len(window), 1_000))  # others in between
                 if not candidates:
                     break
                 states = self.engine.states_of([item.key for item in candidates])
-                for item in candidates:
-                    planned = self._judge(item, states.get(item.key))
-                    if planned is not None:
-                        window.append(planned)
+            for item in candidates:
+                planned = self._judge(item, states.get(item.key))
+                if planned is not None:
+                    window.append(planned)
         return window
 
     def _read(self, n: int) -> list[Pending]:

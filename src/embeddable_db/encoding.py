@@ -29,7 +29,7 @@ import numpy as np
 
 from . import validation as check
 from .encoder import get_encoder
-from .errors import EmbeddingError, EncodingError, ModelUnavailableError
+from .errors import EmbeddingError, EncodingError, InvalidInputError, ModelUnavailableError
 from .rows import VectorRow
 
 #: (record key, why it could not be embedded): one record's failure, reported, never fatal.
@@ -92,6 +92,20 @@ def fingerprinted(
             continue
         pending.append(Pending(key, record, kind, source_id, digest, text))
     return pending, failures
+
+
+def raise_first(failures: Sequence[Failure]) -> None:
+    """Raise the first failure as the error a caller of ``add_embeddings`` gets, naming the
+    record: all or nothing there, where backfill reports failures and goes on."""
+    if not failures:
+        return
+    key, error = failures[0]
+    if isinstance(error, EmbeddingError):
+        raise type(error)(f"record {key!r}: {error}") from error
+    # The subclass's embedding_text()/vector() failed on this record.
+    raise InvalidInputError(
+        f"record {key!r} could not be embedded: {type(error).__name__}: {error}"
+    ) from error
 
 
 def as_encoding_error(error: Exception) -> Exception:

@@ -21,9 +21,9 @@ import numpy as np
 from . import backfill
 from . import validation as check
 from .encoder import model_identity
-from .encoding import Encoding, Failure, Pending, fingerprinted
+from .encoding import Encoding, Failure, Pending, fingerprinted, raise_first
 from .engine import Engine, engine_class
-from .errors import EmbeddingError, InvalidInputError
+from .errors import InvalidInputError
 from .handle import Handle
 from .options import StoreOptions, option_keywords
 from .owner import store_owner
@@ -181,14 +181,7 @@ class EmbeddableDBMixin:
         for start in range(0, len(prepared), batch_size):  # no lock held while encoding
             pending, failures = fingerprinted(prepared[start : start + batch_size], self._text_of())
             rows += self._rows_for(pending, failures)
-            if failures:
-                key, error = failures[0]
-                if isinstance(error, EmbeddingError):
-                    raise type(error)(f"record {key!r}: {error}") from error
-                # The subclass's embedding_text()/vector() failed on this record.
-                raise InvalidInputError(
-                    f"record {key!r} could not be embedded: {type(error).__name__}: {error}"
-                ) from error
+            raise_first(failures)
         return rows
 
     def store_embeddings(self, rows: Iterable[VectorRow]) -> int:

@@ -460,12 +460,7 @@ def test_read_only_mount(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    kind, message = out["writable"]
-    assert kind == "ReadOnlyError" and "bot.db" in message and "read_only=True" in message
-    assert [tuple(hit) for hit in out["hits"]] == answer
-    assert out["count"] == 12 and out["ok"]
-    assert "opened read-only" in out["add"]
+    _reads_but_refuses_writes(json.loads(proc.stdout), answer)
 
 
 # -- items 30 and 14: closed, and inherited through fork() ------------------------------------------
@@ -657,12 +652,7 @@ def test_read_only_copy_searched_by_another_user(tmp_path):
         if proc.returncode != 0 and "setpriv" in proc.stderr:
             pytest.skip(f"cannot switch user: {proc.stderr.strip()}")
         assert proc.returncode == 0, proc.stderr
-        out = json.loads(proc.stdout)
-        kind, message = out["writable"]
-        assert kind == "ReadOnlyError" and "bot.db" in message and "read_only=True" in message
-        assert [tuple(hit) for hit in out["hits"]] == answer
-        assert out["count"] == 12 and out["ok"]
-        assert "opened read-only" in out["add"]
+        _reads_but_refuses_writes(json.loads(proc.stdout), answer)
         assert tree_digest(shared) == before  # not even SQLite's -wal/-shm
     finally:
         for root, dirs, _ in os.walk(shared):
@@ -692,3 +682,13 @@ def test_reopening_each_database_changes_no_file(tmp_path):
             if read_only:  # SQLite's own -wal/-shm may appear beside a WAL database
                 after = {k: v for k, v in after.items() if not k.endswith(("-wal", "-shm"))}
             assert after == before, (name, read_only)
+
+
+def _reads_but_refuses_writes(out: dict, answer) -> None:
+    """What the read-only child reported: its search, count and verify worked, and opening
+    to write and adding were refused saying what to do."""
+    kind, message = out["writable"]
+    assert kind == "ReadOnlyError" and "bot.db" in message and "read_only=True" in message
+    assert [tuple(hit) for hit in out["hits"]] == answer
+    assert out["count"] == 12 and out["ok"]
+    assert "opened read-only" in out["add"]

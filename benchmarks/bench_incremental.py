@@ -67,7 +67,7 @@ def incremental(backend: str, new: np.ndarray, folder: Path) -> dict:
     for i in range(N_ADDS):
         seconds, _ = timed(lambda i=i: store.add_embedding(f"new-{i}", str(i), "vec"))
         times.append(seconds)
-    limit = store._pending_limit()
+    limit = store._engine.view.pending_limit()
     with closing(sqlite3.connect(folder / "store.db")) as other:  # committed: others see them all
         (count,) = other.execute(f"SELECT COUNT(*) FROM {store.embedding_table} WHERE deleted = 0").fetchone()
     assert count == 100_000 + N_ADDS, count

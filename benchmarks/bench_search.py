@@ -101,7 +101,7 @@ def direct(store, backend: str):
     """The library called directly on the very index object the store searches, with the store's
     settings: only the layers in between differ. (Two copies of one 150 MB index loaded apart
     can scan 30% apart in speed, by where they landed in memory.)"""
-    index = store._live.backend._index
+    index = store._engine.view.live.backend._index
     if backend == "annoy":
         search_k = max(DEFAULT_SEARCH_K, TOP_K * DEFAULT_TREES)
         return lambda q: index.get_nns_by_vector(q, TOP_K, search_k=search_k, include_distances=True)

@@ -301,9 +301,10 @@ def test_encoding_needs_no_database_lock_or_file_module():
     """The module knows nothing of SQLite, locks or files: importing it loads none of them."""
     code = (
         "import sys, embeddable_db.encoding\n"
-        "print(sorted(m for m in ('filelock', 'embeddable_db.mixin', 'embeddable_db.handle',\n"
-        "    'embeddable_db.files', 'embeddable_db.manifest', 'embeddable_db.live_index',\n"
-        "    'embeddable_db.backends', 'torch') if m in sys.modules))"
+        "print(sorted(m for m in ('filelock', 'embeddable_db.mixin',\n"
+        "    'embeddable_db.handle', 'embeddable_db.files', 'embeddable_db.engine',\n"
+        "    'embeddable_db.engine.sqlite.store', 'embeddable_db.backends', 'torch')\n"
+        "    if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}, check=True)

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import unit_vectors
 from embeddable_db.backends.exact import exact_top_k
-from embeddable_db.live_index import LiveIndex
+from embeddable_db.engine.sqlite.live_index import LiveIndex
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

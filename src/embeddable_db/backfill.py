@@ -30,7 +30,6 @@ from . import validation as check
 from .encoding import Failure, Pending, fingerprint
 from .engine import Engine
 from .errors import EmbeddingError, InvalidInputError
-from .live_view import BACKFILL_MAX_PENDING
 from .reports import BackfillInterrupted, BackfillPlan, BackfillResult
 from .rows import StoredState, VectorRow
 
@@ -171,9 +170,7 @@ def _embed_batch(engine: Engine, source: Source, batch: list[Planned], result) -
         now = engine.states_of([row.record_id for row in rows])
         fresh = [row for row in rows if now.get(row.record_id) == judged[row.record_id]]
         if fresh:
-            # No rebuild per batch: the final save builds the index once; only a delta past
-            # BACKFILL_MAX_PENDING is folded in early, to bound memory.
-            engine.write(fresh, compact_over=BACKFILL_MAX_PENDING)
+            engine.write(fresh, bulk=True)  # the index is built once, by the final flush
             for row in fresh:
                 if judged[row.record_id] is None:
                     result.embedded += 1

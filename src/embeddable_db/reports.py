@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: How a verify problem about a half-done model switch begins (the CLI replaces its advice).
+MODEL_SWITCH_PROBLEM = "the store holds vectors of"
+
 
 @dataclass
 class BackfillResult:

@@ -304,7 +304,7 @@ def test_opening_a_store_leaves_a_neighbours_in_flight_temp_files_alone(tmp_path
 
 
 def test_a_killed_writers_own_temp_files_are_still_swept(tmp_path):
-    from embeddable_db.manifest import write_temp
+    from embeddable_db.engine.sqlite.manifest import write_temp
 
     db = _filled(tmp_path)
     db.close()

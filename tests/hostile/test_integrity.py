@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hostile_helpers import NotesDB
 
-from embeddable_db.manifest import _SAMPLE_BYTES, _SAMPLES, file_checksum, parse_manifest
+from embeddable_db.engine.sqlite.manifest import _SAMPLE_BYTES, _SAMPLES, file_checksum, parse_manifest
 
 BACKENDS = {
     "annoy": {"backend": "annoy"},

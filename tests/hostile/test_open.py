@@ -23,8 +23,8 @@ from hostile_helpers import HERE, NotesDB, tree_digest
 
 from embeddable_db import EmbeddingError
 from embeddable_db.databases import BotDB, BotRecord, WorkflowDB, WorkflowRecord
+from embeddable_db.engine.sqlite.manifest import read_manifest
 from embeddable_db.errors import ClosedStoreError, ReadOnlyError
-from embeddable_db.manifest import read_manifest
 
 BACKENDS = ["annoy", "faiss"]
 SRC = str(HERE.parent.parent / "src")
@@ -288,7 +288,7 @@ def test_read_only_open_writes_nothing_and_still_searches(tmp_path, backend, dam
 def test_read_only_big_delta_is_compacted_in_memory_only(tmp_path, monkeypatch):
     """Files far behind SQLite: a writable open would compact and write; read-only does it in
     memory, both at open and when a search catches up with a writer's new vectors."""
-    import embeddable_db.live_view as live_view
+    import embeddable_db.engine.sqlite.live_view as live_view
 
     data = tmp_path / "data"
     answer = filled_bots(data)

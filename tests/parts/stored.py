@@ -10,10 +10,10 @@ import sqlite3
 import numpy as np
 import pytest
 
-from embeddable_db.index_files import IndexFiles
-from embeddable_db.live_view import LiveView
-from embeddable_db.sqlite_engine import database_name
-from embeddable_db.store import EmbeddingStore, VectorRow
+from embeddable_db.engine.sqlite import database_name
+from embeddable_db.engine.sqlite.index_files import IndexFiles
+from embeddable_db.engine.sqlite.live_view import LiveView
+from embeddable_db.engine.sqlite.store import EmbeddingStore, VectorRow
 
 from .vectors import exact_answer, unit_vectors
 

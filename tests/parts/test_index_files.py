@@ -10,11 +10,11 @@ import sqlite3
 
 import pytest
 
-from embeddable_db import index_files
+from embeddable_db.engine.sqlite import index_files
+from embeddable_db.engine.sqlite.live_index import LiveIndex
+from embeddable_db.engine.sqlite.manifest import read_manifest
+from embeddable_db.engine.sqlite.opening import EmptyStore
 from embeddable_db.errors import ModelConflictError, StoreConflictError
-from embeddable_db.handle import EmptyStore
-from embeddable_db.live_index import LiveIndex
-from embeddable_db.manifest import read_manifest
 
 from .stored import (
     DIM,

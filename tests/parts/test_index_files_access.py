@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from embeddable_db import index_files
+from embeddable_db.engine.sqlite import index_files
+from embeddable_db.engine.sqlite.manifest import temp_path
 from embeddable_db.errors import EmbeddingError, StoreConflictError
-from embeddable_db.manifest import temp_path
 
 from .stored import (
     DIM,
@@ -93,12 +93,6 @@ def test_a_reader_reads_again_when_a_save_replaced_the_files_meanwhile(db, store
     assert live is not None and "midway" in live.label_of and live.synced_seq == store.last_seq()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "IndexFiles._load_files warns 'cannot be used ... rebuilding it from the vectors in SQLite' "
-    "on the first read of a read-only load that raced a save, though _load then reads the new "
-    "files again and rebuilds nothing: a false warning whenever a reader reads without the "
-    "lock (no lock file, no fcntl on Windows, a save held past SharedLock.WAIT_SECONDS)"
-))
 def test_a_reader_racing_a_save_warns_of_nothing(db, store, folder, caplog):
     reader, calls = reader_racing_a_save(db, store, folder)
     (live, _), warnings = load_with_warning(reader, caplog)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embeddable_db.live_index import ExactDelta, LiveIndex
-from embeddable_db.store import Change
+from embeddable_db.engine.sqlite.live_index import ExactDelta, LiveIndex
+from embeddable_db.engine.sqlite.store import Change
 
 from .vectors import exact_answer, sign_vectors, unit_vectors
 

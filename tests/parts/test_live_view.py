@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embeddable_db import live_view
+from embeddable_db.engine.sqlite import live_view
 
 from .stored import (
     DIM,

@@ -9,8 +9,7 @@ import os
 
 import pytest
 
-from embeddable_db.errors import StoreConflictError
-from embeddable_db.manifest import (
+from embeddable_db.engine.sqlite.manifest import (
     SCHEMA_VERSION,
     Manifest,
     ManifestError,
@@ -25,6 +24,7 @@ from embeddable_db.manifest import (
     write_manifest_temp,
     write_temp,
 )
+from embeddable_db.errors import StoreConflictError
 
 
 def manifest(**changes) -> Manifest:

@@ -8,8 +8,8 @@ import sqlite3
 import numpy as np
 import pytest
 
+from embeddable_db.engine.sqlite.store import Change, EmbeddingStore, StoredState, VectorRow
 from embeddable_db.errors import StoreConflictError
-from embeddable_db.store import Change, EmbeddingStore, StoredState, VectorRow
 
 from .vectors import unit_vectors
 
@@ -279,7 +279,7 @@ def test_live_vectors_and_mapping_of_one_model(store):
 
 
 def test_live_vectors_reads_past_one_fetch_chunk(store, monkeypatch):
-    monkeypatch.setattr("embeddable_db.store.FETCH_CHUNK", 3)
+    monkeypatch.setattr("embeddable_db.engine.sqlite.store.FETCH_CHUNK", 3)
     vectors = unit_vectors(10, DIM, seed=3)
     store.upsert([row(f"r{i}", vectors[i]) for i in range(10)])
     labels, matrix = store.live_vectors("m", DIM)

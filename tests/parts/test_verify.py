@@ -10,10 +10,10 @@ import os
 import numpy as np
 import pytest
 
-from embeddable_db import verify as verify_module
-from embeddable_db.manifest import publish, read_manifest, write_manifest_temp
-from embeddable_db.store import vector_to_blob
-from embeddable_db.verify import verify
+from embeddable_db.engine.sqlite import verify as verify_module
+from embeddable_db.engine.sqlite.manifest import publish, read_manifest, write_manifest_temp
+from embeddable_db.engine.sqlite.store import vector_to_blob
+from embeddable_db.engine.sqlite.verify import verify_store as verify
 
 from .stored import DIM, Connections, files_for, folder_bytes, row, rows, save, view_of
 from .vectors import unit_vectors

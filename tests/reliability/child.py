@@ -24,7 +24,7 @@ from reliability_helpers import Notes, SlowEncoder, fill_notes
 
 from embeddable_db import BackfillInterrupted
 from embeddable_db import backfill as backfill_module
-from embeddable_db.index_files import IndexFiles
+from embeddable_db.engine.sqlite.index_files import IndexFiles
 
 
 def mark_calls(marks_path: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import faiss
 
 from embeddable_db import HashingEncoder
-from embeddable_db.store import blob_to_vector
+from embeddable_db.engine.sqlite.store import blob_to_vector
 
 # These tests make thousands of single queries on tiny indexes: FAISS's OpenMP thread pool only
 # adds wake-up latency there (milliseconds per query on a busy 2-core machine), which is why the

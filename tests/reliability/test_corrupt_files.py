@@ -18,7 +18,7 @@ import pytest
 from reliability_helpers import Notes, assert_same_answers, file_bytes, fill_notes, temp_files
 
 from embeddable_db import HashingEncoder, ModelConflictError, StoreConflictError
-from embeddable_db.manifest import read_manifest
+from embeddable_db.engine.sqlite.manifest import read_manifest
 
 QUERIES = ["note3 alpha", "bravo charlie", "opal prairie lagoon", "note17", "zulu"]
 

@@ -16,8 +16,8 @@ import pytest
 from reliability_helpers import Notes, assert_same_answers, file_bytes, fill_notes, temp_files
 
 from embeddable_db import HashingEncoder
-from embeddable_db import manifest as manifest_module
 from embeddable_db.backends import get_backend
+from embeddable_db.engine.sqlite import manifest as manifest_module
 
 QUERIES = ["note1 alpha", "bravo", "note40 lagoon"]
 

@@ -21,7 +21,7 @@ from reliability_helpers import (
 )
 
 from embeddable_db import BackfillInterrupted, HashingEncoder
-from embeddable_db.store import EmbeddingStore
+from embeddable_db.engine.sqlite.store import EmbeddingStore
 
 
 class InterruptingEncoder(HashingEncoder):

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from embeddable_db import EmbeddableDBMixin
-from embeddable_db import live_view as mixin_module
+from embeddable_db.engine.sqlite import live_view as mixin_module
 
 faiss.omp_set_num_threads(1)  # single queries on tiny indexes: see reliability_helpers.py
 DIM = 8

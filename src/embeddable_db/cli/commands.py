@@ -17,8 +17,7 @@ from typing import Any
 from ..databases import REGISTRY
 from ..encoder import get_encoder
 from ..errors import EmbeddingError
-from ..integrity import MODEL_SWITCH_PROBLEM
-from ..reports import BackfillInterrupted, BackfillPlan, BackfillResult
+from ..reports import MODEL_SWITCH_PROBLEM, BackfillInterrupted, BackfillPlan, BackfillResult
 from .output import GuardedOutput, Progress, clean, dumps, human_bytes, print_table, warn
 from .parser import UsageError, build_parser
 from .stores import (

@@ -9,15 +9,15 @@ looks again when a save replaced the files meanwhile.
 
 from __future__ import annotations
 
-from .handle import file_ids
+from ...reports import VerifyReport
 from .index_files import IndexFiles
 from .integrity import REPAIR, check_index_file, live_problems, model_switch_problem, scan_problems
 from .live_view import LiveView
 from .manifest import ManifestError, read_manifest
-from .reports import VerifyReport
+from .opening import file_ids
 
 
-def verify(view: LiveView, index_files: IndexFiles | None, read_only: bool) -> VerifyReport:
+def verify_store(view: LiveView, index_files: IndexFiles | None, read_only: bool) -> VerifyReport:
     """Compare everything; retried by a read-only store when a save replaced the files."""
     if index_files is None:
         return _verify_now(view, None)

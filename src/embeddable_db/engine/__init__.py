@@ -20,9 +20,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import EmbeddingError
-from .reports import VerifyReport
-from .rows import StoredState, VectorRow
+from ..errors import EmbeddingError
+from ..reports import VerifyReport
+from ..rows import StoredState, VectorRow
 
 
 @runtime_checkable
@@ -50,8 +50,9 @@ class Engine(Protocol):
     def in_transaction(self) -> bool:
         """True while a transaction (the caller's or ``transaction()``'s) is open."""
 
-    def write(self, rows: list[VectorRow], *, compact_over: int | None = None) -> None:
-        """Insert or replace vectors (durable once the outermost transaction commits)."""
+    def write(self, rows: list[VectorRow], *, bulk: bool = False) -> None:
+        """Insert or replace vectors (durable once the outermost transaction commits).
+        ``bulk``: one batch of a backfill, which flushes at its end; upkeep may wait for it."""
 
     def remove(self, keys: list[str]) -> set[str]:
         """Drop vectors; returns the keys that had one."""
@@ -95,7 +96,7 @@ def engine_class(conn: Any, who: str) -> type:
     """The engine class for ``conn``, checked before anything else; ``who`` (the store
     class's name) is named in the error."""
     if isinstance(conn, sqlite3.Connection):
-        from .sqlite_engine import SQLiteEngine
+        from .sqlite import SQLiteEngine
 
         return SQLiteEngine
     raise EmbeddingError(

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .backends import VectorIndex
-from .backends.exact import exact_top_k
-from .rows import Change
+from ...backends import VectorIndex
+from ...backends.exact import exact_top_k
+from ...rows import Change
 
 
 class ExactDelta:

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .backends import VectorIndex
-from .errors import CorruptIndexError
+from ...backends import VectorIndex
+from ...errors import CorruptIndexError
+from ...reports import MODEL_SWITCH_PROBLEM
 from .manifest import Manifest, file_checksum, file_digest
 
 REPAIR = "run verify_index(repair=True) or rebuild_index() to rebuild it from SQLite"
@@ -60,7 +61,6 @@ def check_index_file(
 
 #: How a half-switched store's problem starts, so that a caller with better advice (the CLI,
 #: which knows the database's name) can put its own in its place.
-MODEL_SWITCH_PROBLEM = "the store holds vectors of"
 
 
 def model_switch_problem(counts: dict[str, int], current: str | None) -> str | None:

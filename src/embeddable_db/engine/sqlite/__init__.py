@@ -31,18 +31,18 @@ from typing import Any
 
 import numpy as np
 
-from . import validation as check
-from .encoding import check_same_dimension
-from .errors import EmbeddingError, ModelConflictError
-from .files import database_file
-from .handle import open_store
+from ... import validation as check
+from ...encoding import check_same_dimension
+from ...errors import EmbeddingError, ModelConflictError
+from ...files import database_file
+from ...options import StoreOptions
+from ...reports import VerifyReport
 from .index_files import IndexFiles, gc_paused
 from .live_index import LiveIndex
-from .live_view import LiveView
-from .options import StoreOptions
-from .reports import VerifyReport
+from .live_view import BACKFILL_MAX_PENDING, LiveView
+from .opening import open_store
 from .store import EmbeddingStore, StoredState, VectorRow, atomic
-from .verify import verify
+from .verify import verify_store
 
 
 def database_name(conn: sqlite3.Connection, table: str) -> str:
@@ -125,7 +125,7 @@ class SQLiteEngine:
     def in_transaction(self) -> bool:
         return self.conn.in_transaction
 
-    def write(self, rows: list[VectorRow], *, compact_over: int | None = None) -> None:
+    def write(self, rows: list[VectorRow], *, bulk: bool = False) -> None:
         if not rows:
             return
         with self.lock:
@@ -136,7 +136,9 @@ class SQLiteEngine:
                     f"holds {self.dim}: prepare them again"
                 )
             self.store.upsert(rows)
-            self._wrote(compact_over)
+            # In bulk no rebuild per batch: the final flush builds the index once; only a delta
+            # past BACKFILL_MAX_PENDING is folded in early, to bound memory.
+            self._wrote(BACKFILL_MAX_PENDING if bulk else None)
 
     def remove(self, keys: list[str]) -> set[str]:
         with self.lock:
@@ -271,10 +273,10 @@ class SQLiteEngine:
             if self.view.uncommitted:  # what SQLite shows in the transaction is not yet true
                 self._refuse_in_transaction("verify_index()")
             self.view.sync()
-            report = verify(self.view, self.files, self.read_only)
+            report = verify_store(self.view, self.files, self.read_only)
             if repair and not report.ok:
                 self.rebuild()
-                report = verify(self.view, self.files, self.read_only)
+                report = verify_store(self.view, self.files, self.read_only)
                 report.repaired = True
         return report
 

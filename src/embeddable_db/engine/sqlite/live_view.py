@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .backends import VectorIndex
+from ...backends import VectorIndex
 from .live_index import LiveIndex
 from .store import EmbeddingStore
 

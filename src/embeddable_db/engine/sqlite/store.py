@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from .errors import StoreConflictError
-from .rows import Change, StoredState, VectorRow
+from ...errors import StoreConflictError
+from ...rows import Change, StoredState, VectorRow
 
 __all__ = ["Change", "EmbeddingStore", "StoredState", "VectorRow", "atomic"]
 

@@ -22,10 +22,9 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from . import files
-from .backends import VectorIndex
-from .errors import CorruptIndexError, EmbeddingError, ModelConflictError, StoreConflictError
-from .handle import EmptyStore, SharedLock, file_ids
+from ... import files
+from ...backends import VectorIndex
+from ...errors import CorruptIndexError, EmbeddingError, ModelConflictError, StoreConflictError
 from .integrity import checked_labels
 from .live_index import LiveIndex
 from .manifest import (
@@ -40,6 +39,7 @@ from .manifest import (
     write_manifest_temp,
     write_temp,
 )
+from .opening import EmptyStore, SharedLock, file_ids
 from .ownership import OwnFiles, own_files, remember_published, remember_written
 from .store import EmbeddingStore
 
@@ -96,6 +96,7 @@ class IndexFiles:
         #: The files on disk hold another model's vectors (an allowed model change).
         self.foreign = False
         self._parsed: tuple | None = None
+        self._said: list[tuple] = []  # what loading found, logged once the files held still
 
     # -- the lock ----------------------------------------------------------------------------------
     @contextmanager
@@ -158,18 +159,25 @@ class IndexFiles:
             return None, None
         manifest = None
         for _ in range(3):
+            self._said = []  # told only about files that held still meanwhile
             before = file_ids(self.index_path, self.metadata_path)
             manifest = self._read_own_manifest(current_dim)
-            if manifest is None:
-                return None, None
-            if manifest.model is None and not manifest.records and self.store.count():
-                # An empty index written without a model (as an open with another model did)
-                # says nothing about this model's vectors: never trust it to mean "none".
-                return None, manifest
-            live = self._load_files(manifest)
+            live = None
+            if manifest is not None and not (
+                manifest.model is None and not manifest.records and self.store.count()
+            ):  # (an empty index written without a model, as an open with another model did,
+                # says nothing about this model's vectors: never trust it to mean "none")
+                live = self._load_files(manifest)
             if not self.read_only or file_ids(self.index_path, self.metadata_path) == before:
-                return live, manifest
-        return None, manifest
+                break
+        else:  # the files kept changing under a reader: rebuild from SQLite instead
+            live = None
+        for level, message, args in self._said:
+            log.log(level, message, *args)
+        return live, manifest
+
+    def _say(self, level: int, message: str, *args: Any) -> None:
+        self._said.append((level, message, args))
 
     def _read_manifest_once(self) -> Manifest | None:
         """The manifest, reusing the one ``own`` parsed if the file is unchanged since: a
@@ -191,15 +199,15 @@ class IndexFiles:
         try:
             manifest = self._read_manifest_once()
         except ManifestError as exc:
-            log.warning("embedding metadata %s is damaged (%s): %s", path, exc, rebuilding)
+            self._say(logging.WARNING, "embedding metadata %s is damaged (%s): %s", path, exc, rebuilding)
             return None
         if manifest is None:
             if self.store.count():
-                log.warning("embedding metadata %s is missing: %s", path, rebuilding)
+                self._say(logging.WARNING, "embedding metadata %s is missing: %s", path, rebuilding)
             return None
         if manifest.store_id != self.store.store_id:
             if manifest.database == self.database:
-                log.warning(
+                self._say(logging.WARNING,
                     "embedding metadata %s was written for an earlier database of the same "
                     "name (%s was deleted and created again): the old index is discarded and "
                     "rebuilt from the vectors in SQLite", path, manifest.database,
@@ -227,13 +235,13 @@ class IndexFiles:
     def _load_files(self, manifest: Manifest) -> LiveIndex | None:
         """The live index from intact files; None (after one warning) when they can't be used."""
         if manifest.damage:
-            log.warning(
+            self._say(logging.WARNING,
                 "embedding metadata %s is damaged (%s): rebuilding the index from the vectors "
                 "in SQLite", self.metadata_path, manifest.damage,
             )
             return None
         if manifest.backend != self.backend_name or manifest.params != self.params:
-            log.info(
+            self._say(logging.INFO,
                 "index %s was built by %s %s; rebuilding it for %s %s from stored vectors",
                 self.index_path, manifest.backend, manifest.params, self.backend_name,
                 self.params,
@@ -242,7 +250,7 @@ class IndexFiles:
         if manifest.model != self.model_id and manifest.model is not None:
             return None  # an allowed model change: the old index is of no use
         if manifest.synced_seq > self.store.last_seq():
-            log.warning(
+            self._say(logging.WARNING,
                 "index %s is newer than its database (was the database restored from a "
                 "backup?): rebuilding it from SQLite", self.index_path,
             )
@@ -263,7 +271,7 @@ class IndexFiles:
             if len(live.label_of) != len(records):
                 raise CorruptIndexError("its metadata lists a record id twice")
         except (OSError, ValueError, RuntimeError, OverflowError, CorruptIndexError) as exc:
-            log.warning(
+            self._say(logging.WARNING,
                 "index %s cannot be used (%s): rebuilding it from the vectors in SQLite",
                 self.index_path, exc,
             )

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .files import mode_for, open_regular, permission_denied
+from ...files import mode_for, open_regular, permission_denied
 
 SCHEMA_VERSION = 2  # 2: the manifest checksum and index_digest
 RECORD_FIELDS = ["label", "record_id", "kind", "source_id", "created_at", "embedding_version"]

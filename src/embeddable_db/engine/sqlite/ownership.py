@@ -29,8 +29,8 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import files
-from .errors import StoreConflictError
+from ... import files
+from ...errors import StoreConflictError
 from .manifest import Manifest, ManifestError, file_checksum, read_manifest
 from .store import EmbeddingStore
 

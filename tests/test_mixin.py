@@ -396,6 +396,31 @@ def test_search_is_exact_with_many_tombstones(tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_small_backfill_defers_the_index_rewrite_and_truncates_the_wal(make_notes, backend):
+    """A backfill that changed a few records leaves them as a delta (SQLite holds them; the
+    next open replays them) instead of rebuilding and rewriting the whole index, and gives
+    the WAL it grew back to the file system (issue 12)."""
+    db = make_notes(backend=backend)
+    ids = [db.add_note(f"kept note {i}") for i in range(40)]
+    db.backfill_embeddings()
+    files = file_bytes(db.index_path, db.metadata_path)
+    for rid in ids[:3]:
+        db.conn.execute("UPDATE notes SET body = ? WHERE id = ?", (f"edited note {rid}", rid))
+    db.conn.commit()
+    result = db.backfill_embeddings()
+    assert result.reembedded == 3
+    assert file_bytes(db.index_path, db.metadata_path) == files  # not rebuilt, not rewritten
+    wal = db.conn.execute("PRAGMA database_list").fetchone()[2] + "-wal"
+    assert os.path.getsize(wal) == 0  # truncated by the backfill's end
+    assert db.search_by_text(f"edited note {ids[1]}", top_k=1)[0][0] == str(ids[1])
+    db.close()
+    reopened = make_notes(backend=backend)
+    assert reopened.search_by_text(f"edited note {ids[2]}", top_k=1)[0][0] == str(ids[2])
+    assert reopened.verify_index().ok and reopened.embedding_count() == 40
+    reopened.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_close_defers_a_small_delta(make_notes, encoder, caplog, backend):
     """Closing after a few adds costs no rebuild or rewrite of the index; the next open replays
     them. (A FAISS flat index mapped from its file keeps changes in the delta.)"""

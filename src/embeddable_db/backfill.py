@@ -142,7 +142,7 @@ def run(
         with engine.lock:
             if gone:
                 engine.remove(gone)
-            engine.flush()  # inside: Ctrl-C while saving is reported the same way
+            engine.settle()  # inside: Ctrl-C while saving is reported the same way
     except KeyboardInterrupt as exc:
         result.interrupted = True
         result.seconds = time.perf_counter() - started

@@ -83,6 +83,9 @@ class Engine(Protocol):
     # -- upkeep ----------------------------------------------------------------------------------
     def flush(self) -> None: ...
 
+    def settle(self) -> None:
+        """The end of a backfill: flush, or leave a small delta for the next open to replay."""
+
     def reload(self) -> None: ...
 
     def rebuild(self) -> None: ...

@@ -136,9 +136,7 @@ class SQLiteEngine:
                     f"holds {self.dim}: prepare them again"
                 )
             self.store.upsert(rows)
-            # In bulk no rebuild per batch: the final flush builds the index once; only a delta
-            # past BACKFILL_MAX_PENDING is folded in early, to bound memory.
-            self._wrote(BACKFILL_MAX_PENDING if bulk else None)
+            self._wrote(self._bulk_limit() if bulk else None)
 
     def remove(self, keys: list[str]) -> set[str]:
         with self.lock:
@@ -151,6 +149,12 @@ class SQLiteEngine:
             changed = self.store.set_embedding_version(keys, version)
             self._wrote()
         return changed
+
+    def _bulk_limit(self) -> int:
+        """In bulk, no rebuild per batch: the end of the backfill builds the index once. A delta
+        past BACKFILL_MAX_PENDING and twice the backend is folded in early, to bound memory:
+        the folds grow geometrically (x3), so all of them build under 1.5x the store."""
+        return max(BACKFILL_MAX_PENDING, 2 * len(self.view.live.in_backend))
 
     def _wrote(self, compact_over: int | None = None) -> None:
         """After a write: the view follows once it is committed, compacting if need be."""
@@ -281,13 +285,8 @@ class SQLiteEngine:
         return report
 
     def close(self) -> None:
-        """Flush unless the next open can replay the changes more cheaply.
-
-        A small delta (Annoy, HNSW, or FAISS flat still mapped from its file) is left for the
-        next open to replay from SQLite, where every change is already committed: closing
-        after a few adds must not cost a rebuild of the whole index (4.8 s at 100k vectors)
-        or a rewrite of all of it (154 MB for FAISS flat). A read-only store, and one whose
-        caller still holds a transaction open, write nothing.
+        """Flush unless the next open can replay the changes more cheaply (``_can_defer_flush``).
+        A read-only store, and one whose caller still holds a transaction open, write nothing.
         """
         with self.lock:
             if self.read_only or self.conn.in_transaction:
@@ -298,19 +297,30 @@ class SQLiteEngine:
             except sqlite3.ProgrammingError:  # the connection was closed first
                 pass
 
+    def settle(self) -> None:
+        """The end of a bulk write (a backfill): flush by the rule ``close()`` follows, then
+        give the WAL back to the file system (a long backfill grows it to the store's size)."""
+        with self.lock:
+            self._refuse_in_transaction("backfill_embeddings()")
+            if not self._can_defer_flush():
+                self.flush()
+            if not self.read_only:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def _can_defer_flush(self) -> bool:
+        """Whether the files may stay behind SQLite: a delta within its share of the index
+        (SQLite holds every change and the next open replays them) costs far less than
+        rebuilding or rewriting the whole index (4.8 s at 100k vectors for Annoy, 154 MB for
+        FAISS flat) for a few changes."""
         files = self.files
         if files is not None and files.foreign and files.stamp is None and (
             self.conn.total_changes == self._changes_at_open
         ):
             return True  # nothing written here: leave the other model's files as they are
         self.view.sync()
-        live = self.view.live
-        backend = live.backend
-        if files is None or backend is None:
+        if files is None or self.view.live.backend is None or files.stamp is None:
             return False
-        if (backend.can_add and backend.can_remove) or not (
-            0 < live.pending <= self.view.pending_limit()
-        ):
+        behind = self.store.changes_after(files.stamp[2])  # FAISS takes them in place
+        if self.view.needs_compaction() or not behind <= self.view.pending_limit():
             return False
         return files.unchanged()  # still the files we wrote or loaded, not another store's

@@ -311,6 +311,12 @@ class EmbeddingStore:
     def last_seq(self) -> int:
         return int(self.meta("seq") or 0)
 
+    def changes_after(self, seq: int) -> int:
+        """How many rows changed after ``seq`` (counted on the seq index, vectors unread)."""
+        return self.conn.execute(
+            f"SELECT COUNT(*) FROM {self.table} WHERE seq > ?", (seq,)
+        ).fetchone()[0]
+
     def data_version(self) -> int:
         """Changes whenever another connection commits: a cheap "anything new?" check."""
         return self._version_cursor.execute("PRAGMA data_version").fetchone()[0]

@@ -1,0 +1,148 @@
+"""Issue 12 at scale, the write side: backfill, small backfill, no-op backfill, adds, disk.
+
+A plain mixin store over a ``notes`` table (the README's example), the ``hash:384`` encoder so
+the model is out of the figures, default Annoy backend. Runs the same steps at ``SMALL`` and
+``LARGE`` records (100k and 1M; ``SCALE_LARGE`` in the environment changes the large size)
+and prints each figure with its target. Items built into the backend are counted by wrapping
+the backend's ``build``: rebuilds during a backfill must stay geometric.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import figure, fmt, log, ratio
+
+from embeddable_db import EmbeddableDBMixin
+from embeddable_db.backends.annoy import AnnoyVectorIndex
+
+SMALL = 100_000
+LARGE = int(os.environ.get("SCALE_LARGE", 1_000_000))
+DIM = 384
+EDITS = 1_000
+BUILT = [0]
+
+
+def _count_builds() -> None:
+    build = AnnoyVectorIndex.build
+
+    def counted(self, labels, vectors):
+        BUILT[0] += len(labels)
+        return build(self, labels, vectors)
+
+    AnnoyVectorIndex.build = counted
+
+
+class Notes(EmbeddableDBMixin):
+    """The README's store, as a new user writes it."""
+
+    def __init__(self, path, **options):
+        self.conn = sqlite3.connect(path)
+        self.conn.execute("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
+        self.conn.commit()
+        super().__init__(**options)
+
+    def embedding_text(self, record):
+        return record["body"]
+
+    def iter_records(self):
+        for rid, body in self.conn.execute("SELECT id, body FROM notes"):
+            yield rid, {"body": body}, "note"
+
+
+def fill(path: Path, n: int) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota"]
+    conn.executemany(
+        "INSERT INTO notes(body) VALUES (?)",
+        ((f"note {i}: {words[i % 9]} {words[(i // 9) % 9]} {words[(i // 81) % 9]} {i * 7919}",)
+         for i in range(n)),
+    )
+    conn.commit()
+    conn.close()
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def files_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def run(n: int, folder: Path) -> dict[str, float]:
+    path = folder / "notes.db"
+    fill(path, n)
+    out: dict[str, float] = {}
+    db = Notes(str(path), model_name="hash:384")
+    BUILT[0] = 0
+    started = time.perf_counter()
+    result = db.backfill_embeddings(batch_size=1_000)
+    out["backfill"] = time.perf_counter() - started
+    out["built"] = BUILT[0]
+    assert result.embedded == n, result
+    out["peak_mib"] = rss_mib()
+    out["disk_after_backfill"] = files_bytes(folder)
+    started = time.perf_counter()
+    db.add_embedding(n + 1, {"body": "the first add after a backfill"}, "note")
+    out["first_add_ms"] = (time.perf_counter() - started) * 1000
+    db.conn.executemany(
+        "UPDATE notes SET body = body || ' (edited)' WHERE id = ?",
+        ((i,) for i in range(1, n, n // EDITS)),
+    )
+    db.conn.commit()
+    BUILT[0] = 0
+    started = time.perf_counter()
+    edited = db.backfill_embeddings(batch_size=1_000)
+    out["small_backfill"] = time.perf_counter() - started
+    out["small_built"] = BUILT[0]
+    out["edited"] = edited.reembedded
+    started = time.perf_counter()
+    noop = db.backfill_embeddings(batch_size=1_000)
+    out["noop_backfill"] = time.perf_counter() - started
+    assert noop.embedded == noop.reembedded == 0, noop
+    db.close()
+    db.conn.close()
+    out["disk_after_close"] = files_bytes(folder)
+    out["raw"] = n * DIM * 4
+    return out
+
+
+def main() -> None:
+    _count_builds()
+    results = {}
+    for n in (SMALL, LARGE):
+        with tempfile.TemporaryDirectory(dir=os.environ.get("SCALE_TMP")) as tmp:
+            log(f"{n:,} records")
+            results[n] = run(n, Path(tmp))
+    for n, r in results.items():
+        raw = r["raw"]
+        print(f"-- {n:,} records (raw vectors {raw / 2**20:,.0f} MiB)")
+        figure("full backfill", r["backfill"], "s")
+        figure("  items built into the index / records", r["built"] / n, "x", "target <= 2")
+        figure(f"backfill after editing {r['edited']:,} records", r["small_backfill"], "s",
+               f"index items built {fmt(r['small_built'])}")
+        figure("no-op backfill", r["noop_backfill"], "s", "target <= 5 s at 1M")
+        figure("first add after the backfill", r["first_add_ms"], "ms", "target <= 10 ms")
+        figure("peak RSS of the process (backfill included)", r["peak_mib"], "MiB")
+        figure("files after backfill / raw vectors", r["disk_after_backfill"] / raw, "x",
+               "target <= 2.5")
+        figure("files after close / raw vectors", r["disk_after_close"] / raw, "x", "target <= 2.5")
+    small, large = results[SMALL], results[LARGE]
+    scale = LARGE / SMALL
+    ratio(f"full backfill {LARGE:,} / {SMALL:,}", large["backfill"] / small["backfill"],
+          f"<= {1.1 * scale:g}", large["backfill"] / small["backfill"] <= 1.1 * scale)
+    ratio("items built / records, large", large["built"] / LARGE, "<= 2",
+          large["built"] <= 2 * LARGE)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,6 @@ decisions without calling the model.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import threading
@@ -183,8 +182,6 @@ def _embed_batch(engine: Engine, source: Source, batch: list[Planned], result) -
 class _Walk:
     """The records read so far, judged against what is stored beside their vectors."""
 
-    PAGE = 5_000
-
     def __init__(
         self, engine: Engine, source: Source, failures: list[tuple[str, str]] | None = None
     ) -> None:
@@ -192,6 +189,7 @@ class _Walk:
         self.source = source
         self.plan = BackfillPlan(failures=[] if failures is None else failures)
         self.seen: set[str] = set()
+        self._kinds: set[str] = set()  # kinds already checked
         with engine.lock:
             self.through_seq = engine.last_seq()  # vectors written later are never orphans
             self._records = iter(source.records())
@@ -201,72 +199,69 @@ class _Walk:
         window: list[Planned] = []
         while len(window) < limit:
             with self.engine.lock:  # taken per chunk: a long scan of current records lets
-                candidates = self._read(min(limit - len(window), 1_000))  # others in between
-                if not candidates:
+                read = self._read(min(limit - len(window), 1_000))  # others in between
+                if not read:
                     break
-                states = self.engine.states_of([item.key for item in candidates])
-            for item in candidates:
-                planned = self._judge(item, states.get(item.key))
+                states = self.engine.states_of([item[0] for item in read])
+            for item in read:
+                planned = self._judge(item, states.get(item[0]))
                 if planned is not None:
                     window.append(planned)
         return window
 
-    def _read(self, n: int) -> list[Pending]:
-        """The next ``n`` distinct, readable records, fingerprinted."""
-        source, plan = self.source, self.plan
-        found: list[Pending] = []
+    def _read(self, n: int) -> list[tuple]:
+        """The next ``n`` distinct, readable records as (key, record, kind, digest, text)."""
+        source, plan, seen, kinds = self.source, self.plan, self.seen, self._kinds
+        found: list[tuple] = []
         for record_id, record, kind in self._records:
             try:
                 key = check.record_key(record_id)
-                kind = check.check_kind(kind, source.kinds)
-            except InvalidInputError as exc:
+                if type(kind) is not str or kind not in kinds:  # each kind is checked once
+                    kinds.add(check.check_kind(kind, source.kinds))
+            except (InvalidInputError, TypeError) as exc:  # TypeError: an unhashable kind
+                if isinstance(exc, TypeError):
+                    exc = InvalidInputError(f"kind must be a non-empty str, got {kind!r}")
                 plan.failed += 1
                 plan.failures.append((repr(record_id), str(exc)))
                 continue
-            if key in self.seen:
+            if key in seen:
                 continue
-            self.seen.add(key)
-            plan.records += 1
-            plan.last_key = key
+            seen.add(key)
             try:
                 digest, text = fingerprint(record, source.text_of)
             except Exception as exc:  # noqa: BLE001 - one bad record is reported, not fatal
                 plan.failed += 1
                 plan.failures.append((key, str(exc)))
                 continue
-            found.append(Pending(key, record, kind, "", digest, text))
+            found.append((key, record, kind, digest, text))
             if len(found) >= n:
                 break
+        plan.records = len(seen)
+        if found:
+            plan.last_key = found[-1][0]
         return found
 
-    def _judge(self, item: Pending, state: StoredState | None) -> Planned | None:
+    def _judge(self, item: tuple, state: StoredState | None) -> Planned | None:
         """The record to embed, or None (counted unchanged) when its vector is current."""
         plan, source = self.plan, self.source
+        key, record, kind, digest, text = item
         if state is None:
             plan.missing += 1
-        elif state.text_hash != item.digest:
+        elif state.text_hash != digest:
             plan.stale_text += 1
         elif state.model != source.model_id:
             plan.stale_model += 1
         elif state.embedding_version < source.embedding_version:
             plan.stale_version += 1
-        elif state.kind != item.kind:
+        elif state.kind != kind:
             plan.stale_kind += 1  # searched by kind: the vector must follow its record
         else:
             plan.unchanged += 1
             return None
-        if state is not None:  # whatever is stored beside the vector survives re-embedding
-            item = dataclasses.replace(item, source_id=state.source_id)
-        return Planned(item, state)
+        # Whatever is stored beside the vector survives re-embedding.
+        source_id = state.source_id if state is not None else ""
+        return Planned(Pending(key, record, kind, source_id, digest, text), state)
 
     def orphans(self) -> list[str]:
         """Stored vectors (as of the walk's start) whose records were not read."""
-        gone: list[str] = []
-        after = ""
-        while True:
-            with self.engine.lock:
-                page = self.engine.keys_page(self.through_seq, after, self.PAGE)
-            gone += [key for key in page if key not in self.seen]
-            if len(page) < self.PAGE:
-                return gone
-            after = page[-1]
+        return self.engine.unseen_keys(self.seen, self.through_seq)

@@ -71,10 +71,16 @@ def fingerprint(record: Any, text_of: Callable[[Any], Any] | None) -> tuple[str,
 
     ``text_of`` is the subclass's ``embedding_text``, or None when it has none: then the record
     itself is hashed, and its vector comes from ``vector()``."""
-    if text_of is not None:
-        text = check.check_text(text_of(record))
-        return fingerprint_of(text), text
-    return fingerprint_of(canonical(record)), None
+    if text_of is None:
+        return fingerprint_of(canonical(record)), None
+    text = text_of(record)
+    if type(text) is str and not text.isspace() and text:  # a backfill's common case, checked
+        try:  # by the one encode the hash needs (check_text would encode it once more)
+            return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
+        except UnicodeEncodeError:
+            pass  # check_text says what is wrong
+    text = check.check_text(text)
+    return fingerprint_of(text), text
 
 
 def fingerprinted(

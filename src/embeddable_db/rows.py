@@ -7,6 +7,7 @@ share them without depending on one another (``store.py`` re-exports them).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,9 +37,9 @@ class Change:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class StoredState:
-    """What backfill compares against to decide whether a record's vector is stale."""
+class StoredState(NamedTuple):
+    """What backfill compares against to decide whether a record's vector is stale (a tuple:
+    a backfill reads one per record, and builds them a million at a time)."""
 
     text_hash: str
     model: str

@@ -19,6 +19,7 @@ from .rows import VectorRow
 
 _FLOAT32 = np.dtype(np.float32)
 MAX_ID_CHARS = 1024
+_ID_LIMIT = 10**MAX_ID_CHARS  # ints of more digits are refused (str() of them is slow)
 # Kinds name tables or record types; 1 MB "kinds" were accepted and stored in every row.
 MAX_KIND_CHARS = 256
 MAX_SOURCE_ID_CHARS = MAX_ID_CHARS
@@ -34,6 +35,12 @@ MAX_ENCODED_CHARS = 20_000
 
 def record_key(record_id: Any) -> str:
     """Record ids are stored as strings: ints and non-empty strings are accepted."""
+    kind = type(record_id)  # the common cases first: a backfill asks once per record
+    if kind is int and -_ID_LIMIT < record_id < _ID_LIMIT:
+        return str(record_id)
+    if kind is str and 0 < len(record_id) <= MAX_ID_CHARS and not record_id.isspace():
+        _check_unicode(record_id, "record_id")
+        return record_id
     if isinstance(record_id, bool) or record_id is None:
         raise InvalidInputError(f"record_id must be a str or int, got {record_id!r}")
     if isinstance(record_id, numbers.Integral):

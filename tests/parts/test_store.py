@@ -172,16 +172,18 @@ def test_states_say_what_each_live_vector_was_made_from(store):
     assert set(store.states_of(many[::-1])) == set(many)
 
 
-def test_keys_page_walks_live_keys_changed_up_to_a_seq(store):
+def test_orphan_candidates_come_from_the_id_index_a_page_at_a_time(store):
     store.upsert([row(f"k{i:02}") for i in range(7)])
     through = store.last_seq()
     store.remove(["k03"])
-    store.upsert([row("k99")])  # after `through`: not listed
-    pages, after = [], ""
-    while page := store.keys_page(through, after, limit=2):
-        pages.append(page)
-        after = page[-1]
-    assert pages == [["k00", "k01"], ["k02", "k04"], ["k05", "k06"]]
+    store.upsert([row("k99")])  # after `through`: never an orphan of that walk
+    pages, after, candidates = 0, "", []
+    while after is not None:
+        after, found = store.keys_not_in({"k00", "k05"}, after, limit=2)
+        candidates += found
+        pages += 1
+    assert pages == 5 and candidates == ["k01", "k02", "k03", "k04", "k06", "k99"]
+    assert store.live_through(candidates, through) == ["k01", "k02", "k04", "k06"]
 
 
 # -- seq and changes ----------------------------------------------------------------------------

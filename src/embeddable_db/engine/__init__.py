@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Container
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
@@ -64,8 +65,9 @@ class Engine(Protocol):
     def states_of(self, keys: list[str]) -> dict[str, StoredState]:
         """What the vectors of these keys were made from (keys without a vector are absent)."""
 
-    def keys_page(self, through_seq: int, after: str = "", limit: int = 5_000) -> list[str]:
-        """Keys of vectors last changed at or before ``through_seq``, in order, after ``after``."""
+    def unseen_keys(self, seen: Container[str], through_seq: int) -> list[str]:
+        """Keys of vectors last changed at or before ``through_seq`` that are not in ``seen``
+        (a backfill's orphans); the lock is held a page of keys at a time."""
 
     def last_seq(self) -> int:
         """The change counter: every write moves it forward."""

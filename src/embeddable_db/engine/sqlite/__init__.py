@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -167,9 +167,14 @@ class SQLiteEngine:
         with self.lock:
             return self.store.states_of(keys)
 
-    def keys_page(self, through_seq: int, after: str = "", limit: int = 5_000) -> list[str]:
-        with self.lock:
-            return self.store.keys_page(through_seq, after, limit)
+    def unseen_keys(self, seen: Container[str], through_seq: int) -> list[str]:
+        unseen: list[str] = []
+        after: str | None = ""
+        while after is not None:
+            with self.lock:
+                after, candidates = self.store.keys_not_in(seen, after)
+                unseen += self.store.live_through(candidates, through_seq)
+        return unseen
 
     def last_seq(self) -> int:
         with self.lock:

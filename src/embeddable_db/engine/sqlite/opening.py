@@ -143,7 +143,10 @@ class EmptyStore(EmbeddingStore):
     def states_of(self, record_ids: list[str]) -> dict:
         return {}
 
-    def keys_page(self, through_seq: int, after: str = "", limit: int = 5_000) -> list[str]:
+    def keys_not_in(self, seen, after: str, limit: int = 20_000) -> tuple[None, list[str]]:
+        return None, []
+
+    def live_through(self, record_ids: list[str], through_seq: int) -> list[str]:
         return []
 
     def get_vector(self, record_id: str) -> np.ndarray | None:

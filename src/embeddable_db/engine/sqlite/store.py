@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -30,7 +30,10 @@ __all__ = ["Change", "EmbeddingStore", "StoredState", "VectorRow", "atomic"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 FETCH_CHUNK = 10_000
-_STATE = "record_id, text_hash, model, embedding_version, source_id, kind"
+_STATE = (
+    "record_id, COALESCE(text_hash, ''), COALESCE(model, ''), COALESCE(embedding_version, 0), "
+    "source_id, kind"
+)
 
 
 def utc_now() -> str:
@@ -384,21 +387,41 @@ class EmbeddingStore:
 
     def _states(self, sql: str, args) -> dict[str, StoredState]:
         return {
-            rid: StoredState(text_hash or "", model or "", version or 0, source or "", kind)
+            rid: StoredState(text_hash, model, version, source, kind)
             for rid, text_hash, model, version, source, kind in self.conn.execute(sql, args)
         }
 
-    def keys_page(self, through_seq: int, after: str = "", limit: int = 5_000) -> list[str]:
-        """Ids of live vectors last changed at or before ``through_seq``, in id order, the
-        first ``limit`` after ``after``: a scan of every key a page at a time."""
-        return [
+    def keys_not_in(
+        self, seen: Container[str], after: str, limit: int = 20_000
+    ) -> tuple[str | None, list[str]]:
+        """(where the next page starts, or None at the end; the ids of the next ``limit`` rows
+        after ``after`` that are not in ``seen``), read from the record_id index alone: no
+        row, and so no vector, is read."""
+        page = [
             row[0]
             for row in self.conn.execute(
-                f"SELECT record_id FROM {self.table} WHERE record_id > ? AND deleted = 0 "
-                "AND seq <= ? ORDER BY record_id LIMIT ?",
-                (after, through_seq, limit),
+                f"SELECT record_id FROM {self.table} WHERE record_id > ? "
+                "ORDER BY record_id LIMIT ?",
+                (after, limit),
             )
         ]
+        return (page[-1] if len(page) == limit else None), [k for k in page if k not in seen]
+
+    def live_through(self, record_ids: list[str], through_seq: int) -> list[str]:
+        """Those of ``record_ids`` that have a vector last changed at or before ``through_seq``."""
+        found: list[str] = []
+        for start in range(0, len(record_ids), 500):
+            chunk = record_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found += [
+                row[0]
+                for row in self.conn.execute(
+                    f"SELECT record_id FROM {self.table} WHERE record_id IN ({marks}) "
+                    "AND deleted = 0 AND seq <= ? ORDER BY record_id",
+                    (*chunk, through_seq),
+                )
+            ]
+        return found
 
     def get_vector(self, record_id: str) -> np.ndarray | None:
         row = self.conn.execute(

@@ -157,6 +157,22 @@ def test_build_replaces_the_contents(make):
     assert found.tolist() == [labels[5] + 1]
 
 
+def test_building_from_chunks_answers_as_building_at_once(make, tmp_path):
+    """A rebuild streams the vectors from SQLite chunk by chunk (never all of them twice)."""
+    labels, vectors = data(seed=8, n=250)
+    whole, chunked = make(), make()
+    whole.build(labels, vectors)
+    chunked.build_from(labels, (vectors[i : i + 64] for i in range(0, 250, 64)))
+    assert len(chunked) == 250
+    for query in unit_vectors(6, DIM, seed=9):
+        found, distances = chunked.search(query, 10)
+        assert found.tolist() == whole.search(query, 10)[0].tolist()
+        assert_exact_distances(found, distances, labels, vectors, query)
+    empty = make()
+    empty.build_from(np.empty(0, np.int64), iter(()))
+    assert len(empty) == 0 and empty.search(vectors[0], 3)[0].tolist() == []
+
+
 # -- params and what changes in place ------------------------------------------------------------
 def test_params_name_what_changes_the_file():
     assert annoy(n_trees=4, search_k=99, exact_below=5).params() == {"n_trees": 4}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import numbers
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,6 +33,13 @@ class VectorIndex(ABC):
     @abstractmethod
     def build(self, labels: np.ndarray, vectors: np.ndarray) -> None:
         """Replace the contents with these (labels sorted ascending)."""
+
+    def build_from(self, labels: np.ndarray, chunks: Iterable[np.ndarray]) -> None:
+        """``build`` from the vectors in consecutive chunks (rows in ``labels``' order), so a
+        rebuild of a large store never holds all of them twice; by default joined first."""
+        parts = list(chunks)
+        dim = self.dim
+        self.build(labels, np.concatenate(parts) if parts else np.empty((0, dim), np.float32))
 
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
         raise NotImplementedError(f"{self.name} cannot add after build")

@@ -63,14 +63,26 @@ class AnnoyVectorIndex(VectorIndex):
         return self._matrix is not None
 
     def build(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        self.build_from(labels, [vectors])
+
+    def build_from(self, labels: np.ndarray, chunks) -> None:
+        """Items are copied into Annoy chunk by chunk: a rebuild holds one chunk beside it."""
         index = AnnoyIndex(self.dim, "angular")
-        for position, vector in enumerate(vectors):
-            index.add_item(position, vector)
+        exact = len(labels) <= self.exact_below
+        kept, position = [], 0
+        for chunk in chunks:
+            for vector in chunk:
+                index.add_item(position, vector)
+                position += 1
+            if exact:
+                kept.append(np.array(chunk, np.float32))
         index.build(self.n_trees, n_jobs=-1)
         self._index = index
         self._path = None
         self._labels = np.asarray(labels, np.int64)
-        self._matrix = vectors.copy() if len(labels) <= self.exact_below else None
+        self._matrix = None
+        if exact:
+            self._matrix = np.concatenate(kept) if kept else np.empty((0, self.dim), np.float32)
 
     def save(self, path: str) -> None:
         assert self._index is not None
@@ -87,10 +99,8 @@ class AnnoyVectorIndex(VectorIndex):
         self._path = path
         self._labels = np.asarray(labels, np.int64)
         self._matrix = None
-        if len(labels) <= self.exact_below:
-            self._matrix = np.array(
-                [index.get_item_vector(i) for i in range(len(labels))], np.float32
-            ).reshape(len(labels), self.dim)
+        if len(labels) <= self.exact_below:  # read in one go, never item by item (issue 12)
+            self._matrix = np.array(self.stored_items()[1], np.float32)
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._index is None or k <= 0 or len(self._labels) == 0:

@@ -97,8 +97,16 @@ class FaissVectorIndex(VectorIndex):
         self._ef = None
 
     def build(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        self.build_from(labels, [vectors])
+
+    def build_from(self, labels: np.ndarray, chunks) -> None:
+        """Vectors are added chunk by chunk: a rebuild holds one chunk beside the index."""
         self._use(self._new())
-        self.add(labels, vectors)
+        labels = np.asarray(labels, np.int64)
+        start = 0
+        for chunk in chunks:
+            self.add(labels[start : start + len(chunk)], chunk)
+            start += len(chunk)
 
     def _own(self) -> None:
         """Copy a mapped index into memory before changing it: FAISS cannot grow a mapped index

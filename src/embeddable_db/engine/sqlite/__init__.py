@@ -16,13 +16,14 @@ model's vectors (an open with ``allow_model_change`` keeps them until vectors of
 are saved), and a read-only open writes nothing, not even the lock file (it holds an existing
 one shared while it reads): it rebuilds in memory only.
 
-Transactions have one owner (``store.atomic``): ``transaction()`` begins one, or nests as a
+Transactions have one owner (``transaction.atomic``): ``transaction()`` begins one, or nests as a
 savepoint in one already open; whoever began it commits it. The live view sees writes once they
 are committed, whoever commits them.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 from collections.abc import Container, Iterator
@@ -39,9 +40,10 @@ from ...options import StoreOptions
 from ...reports import VerifyReport
 from .index_files import IndexFiles, gc_paused
 from .live_index import LiveIndex
-from .live_view import BACKFILL_MAX_PENDING, LiveView
+from .live_view import LiveView
 from .opening import open_store
-from .store import EmbeddingStore, StoredState, VectorRow, atomic
+from .store import EmbeddingStore, StoredState, VectorRow
+from .transaction import atomic
 from .verify import verify_store
 
 
@@ -136,7 +138,9 @@ class SQLiteEngine:
                     f"holds {self.dim}: prepare them again"
                 )
             self.store.upsert(rows)
-            self._wrote(self._bulk_limit() if bulk else None)
+            # In bulk nothing is folded per batch: the backfill's end builds the index once
+            # (folding early only built the same vectors again; the delta holds them once).
+            self._wrote(math.inf if bulk else None)
 
     def remove(self, keys: list[str]) -> set[str]:
         with self.lock:
@@ -150,13 +154,7 @@ class SQLiteEngine:
             self._wrote()
         return changed
 
-    def _bulk_limit(self) -> int:
-        """In bulk, no rebuild per batch: the end of the backfill builds the index once. A delta
-        past BACKFILL_MAX_PENDING and twice the backend is folded in early, to bound memory:
-        the folds grow geometrically (x3), so all of them build under 1.5x the store."""
-        return max(BACKFILL_MAX_PENDING, 2 * len(self.view.live.in_backend))
-
-    def _wrote(self, compact_over: int | None = None) -> None:
+    def _wrote(self, compact_over: float | None = None) -> None:
         """After a write: the view follows once it is committed, compacting if need be."""
         self.view.wrote()
         if not self.conn.in_transaction:

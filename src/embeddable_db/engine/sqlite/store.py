@@ -25,6 +25,7 @@ import numpy as np
 
 from ...errors import StoreConflictError
 from ...rows import Change, StoredState, VectorRow
+from .transaction import atomic
 
 __all__ = ["Change", "EmbeddingStore", "StoredState", "VectorRow", "atomic"]
 
@@ -39,38 +40,6 @@ _STATE = (
 def utc_now() -> str:
     """A timezone-aware UTC ISO timestamp, taken now (never at import)."""
     return datetime.now(UTC).isoformat()
-
-
-@contextmanager
-def atomic(conn: sqlite3.Connection) -> Iterator[bool]:
-    """One owner per transaction, nesting by SAVEPOINT (as sqlite-utils' ``atomic()``).
-
-    With no transaction open, this begins one (BEGIN IMMEDIATE: the write lock is taken up
-    front, so the busy timeout applies and ``seq`` values are handed out in commit order across
-    processes), commits it on success and rolls it back on error; it yields True, the owner.
-    Inside a transaction someone else opened, the changes go in a SAVEPOINT: an error rolls back
-    only them, never the owner's pending changes, and success leaves the commit to the owner
-    (it yields False). Whoever began a transaction commits it; nothing else does.
-    """
-    if not conn.in_transaction:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield True
-        except BaseException:
-            if conn.in_transaction:
-                conn.rollback()
-            raise
-        conn.commit()
-        return
-    conn.execute("SAVEPOINT embeddable_db")
-    try:
-        yield False
-    except BaseException:
-        if conn.in_transaction:  # SQLite may have rolled everything back (disk full)
-            conn.execute("ROLLBACK TO embeddable_db")
-            conn.execute("RELEASE embeddable_db")
-        raise
-    conn.execute("RELEASE embeddable_db")
 
 
 def vector_to_blob(vector: np.ndarray) -> bytes:
@@ -344,26 +313,26 @@ class EmbeddingStore:
 
     def live_vectors(self, model: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
         """All current vectors of one model: (labels sorted ascending, float32 matrix)."""
-        count = self.count(model, dim)
-        labels = np.empty(count, dtype=np.int64)
-        matrix = np.empty((count, dim), dtype=np.float32)
+        labels, chunks = [], []
+        for chunk_labels, chunk in self.vector_chunks(model, dim):
+            labels.append(chunk_labels)
+            chunks.append(chunk)
+        if not chunks:
+            return np.empty(0, np.int64), np.empty((0, dim), np.float32)
+        return np.concatenate(labels), np.concatenate(chunks)
+
+    def vector_chunks(self, model: str, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The current vectors of one model in label order, ``FETCH_CHUNK`` rows at a time:
+        (labels, float32 matrix) per chunk. Read inside one transaction to be consistent."""
         cursor = self.conn.execute(
             f"SELECT label, vector FROM {self.table} "
             "WHERE deleted = 0 AND model = ? AND dim = ? ORDER BY label",
             (model, dim),
         )
-        filled = 0
         while rows := cursor.fetchmany(FETCH_CHUNK):
-            end = filled + len(rows)
-            if end > count:  # rows committed by another process since count(): grow.
-                labels = np.resize(labels, end)
-                matrix = np.resize(matrix, (end, dim))
-            labels[filled:end] = [r[0] for r in rows]
-            matrix[filled:end] = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(
-                len(rows), dim
-            )
-            filled = end
-        return labels[:filled], matrix[:filled]
+            labels = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+            matrix = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(len(rows), dim)
+            yield labels, matrix
 
     def mapping(self, model: str, dim: int) -> Iterator[tuple]:
         """(label, record_id, kind, source_id, created_at, embedding_version) of live vectors."""

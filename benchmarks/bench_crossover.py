@@ -1,0 +1,51 @@
+"""Where Annoy stops being slower than an exact scan: the curve behind ``exact_below``.
+
+Real all-MiniLM-L6-v2 vectors (repeated with small noise past the 16k real ones, as in
+``make bench``), the 500 held-out real queries, top 10. At each size: p50 of the exact numpy
+scan the backend uses below ``exact_below`` (``exact_top_k``), and p50 and recall@10 of Annoy
+with the defaults (10 trees, ``search_k`` 20,000). Prints the crossover it finds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from annoy import AnnoyIndex
+from common import TOP_K, base_and_queries, exact_top_k, figure, latencies_ms, log, noisy_copies
+from common import recall as recall_of
+
+from embeddable_db.backends.annoy import DEFAULT_EXACT_BELOW, DEFAULT_SEARCH_K, DEFAULT_TREES
+from embeddable_db.backends.exact import exact_top_k as scan
+
+SIZES = (10_000, 20_000, 40_000, 60_000, 80_000, 100_000)
+
+
+def main() -> None:
+    base, queries = base_and_queries()
+    everything = noisy_copies(base, max(SIZES))
+    curve = []
+    for n in SIZES:
+        matrix = np.ascontiguousarray(everything[:n])
+        truth = exact_top_k(matrix, queries)
+        exact_ms, _ = latencies_ms(lambda q, m=matrix: scan(m, q, TOP_K), queries)
+        log(f"building Annoy over {n:,}")
+        index = AnnoyIndex(matrix.shape[1], "angular")
+        for i, vector in enumerate(matrix):
+            index.add_item(i, vector)
+        index.build(DEFAULT_TREES, n_jobs=-1)
+        search_k = max(DEFAULT_SEARCH_K, TOP_K * DEFAULT_TREES)
+        annoy_ms, found = latencies_ms(
+            lambda q, ix=index: ix.get_nns_by_vector(q, TOP_K, search_k=search_k), queries
+        )
+        exact_p50, annoy_p50 = float(np.median(exact_ms)), float(np.median(annoy_ms))
+        curve.append((n, exact_p50, annoy_p50))
+        figure(f"n={n:,}: exact scan p50", exact_p50, "ms")
+        figure(f"n={n:,}: annoy p50 (recall@10 {recall_of(found, truth):.3f})", annoy_p50, "ms")
+        index.unload()
+    faster = [n for n, exact, annoy in curve if annoy < exact]
+    crossover = faster[0] if faster else None
+    figure("smallest size where Annoy beats the exact scan", crossover or float("nan"), "",
+           f"exact_below is {DEFAULT_EXACT_BELOW:,}")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench bench-scale lint clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+bench-scale: $(STAMP)
+	$(PY) benchmarks/run_all.py --scale
 
 clean:
 	rm -rf $(VENV) demo/data benchmarks/.cache

@@ -34,7 +34,7 @@ def main() -> None:
         index.build(DEFAULT_TREES, n_jobs=-1)
         search_k = max(DEFAULT_SEARCH_K, TOP_K * DEFAULT_TREES)
         annoy_ms, found = latencies_ms(
-            lambda q, ix=index: ix.get_nns_by_vector(q, TOP_K, search_k=search_k), queries
+            lambda q, ix=index, sk=search_k: ix.get_nns_by_vector(q, TOP_K, search_k=sk), queries
         )
         exact_p50, annoy_p50 = float(np.median(exact_ms)), float(np.median(annoy_ms))
         curve.append((n, exact_p50, annoy_p50))

@@ -4,6 +4,8 @@
     child.py open <backend> <folder>      opens the store and answers one search_by_vector
     child.py raw <backend> <index file>   the library alone loads the index file and searches
     child.py backfill <backend> <folder> <n>   backfills n text records with hash:384
+    child.py notes <backend> <db file>    opens bench_scale_backfill's notes store, answers one
+                                          search, then 200 more (for the memory figure)
 
 Only what each probe needs is imported, so ``raw`` never pays for embeddable_db.
 """
@@ -46,6 +48,26 @@ def open_store(backend: str, folder: str) -> dict:
     return {"answered_at": time.time(), "open_s": opened - started, "search_s": searched - opened}
 
 
+def notes(backend: str, path: str) -> dict:
+    from bench_scale_backfill import Notes
+
+    started = time.perf_counter()
+    store = Notes(path, model_name="hash:384", backend="faiss" if backend == "hnsw" else backend,
+                  **({"index_type": "hnsw"} if backend == "hnsw" else {}))
+    opened = time.perf_counter()
+    assert len(store.search_by_vector(query(), 10)) == 10
+    searched = time.perf_counter()
+    answered = time.time()
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        vector = rng.normal(size=DIM).astype(np.float32)
+        store.search_by_vector(vector / np.linalg.norm(vector), 10)
+    return {"answered_at": answered, "open_s": opened - started, "search_s": searched - opened,
+            "torch": "torch" in sys.modules}
+
+
 def raw(backend: str, path: str) -> dict:
     if backend == "annoy":
         from annoy import AnnoyIndex
@@ -83,10 +105,23 @@ def backfill(backend: str, folder: str, n: str) -> dict:
     return {"backfill_s": seconds, "encode_s": encoder.seconds}
 
 
+def _high_water_mb() -> float:
+    """VmHWM: the peak RSS of this process image since exec (ru_maxrss also counts the pages
+    of a large parent that the fork shared before the exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main() -> None:
     probe, *args = sys.argv[1:]
-    out = {"baseline": baseline, "open": open_store, "raw": raw, "backfill": backfill}[probe](*args)
+    probes = {"baseline": baseline, "open": open_store, "notes": notes, "raw": raw,
+              "backfill": backfill}
+    out = probes[probe](*args)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["hwm_mb"] = _high_water_mb()  # this image's own peak: ru_maxrss keeps a fork's
     out["torch_imported"] = "torch" in sys.modules
     print(json.dumps(out))
 

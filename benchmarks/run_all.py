@@ -1,7 +1,9 @@
-"""Run every benchmark of issue 6 in its own process, print their output and a summary of ratios.
+"""Run every benchmark in its own process, print their output and a summary of ratios.
 
-``make bench`` runs this. The first run embeds the real texts once (minutes); later runs reuse
-``benchmarks/.cache/``. Exit status is non-zero when a benchmark fails (not when a target is missed).
+``make bench`` runs issue 6's benchmarks (100k vectors); ``make bench-scale`` (``--scale``)
+runs issue 12's at one million records. The first run embeds the real texts once (minutes);
+later runs reuse ``benchmarks/.cache/``. Exit status is non-zero when a benchmark fails (not
+when a target is missed).
 """
 
 from __future__ import annotations
@@ -21,13 +23,19 @@ SCRIPTS = (
     "bench_memory.py",
     "bench_encoder.py",
 )
+#: ``make bench-scale`` (``--scale``): issue 12's figures at 100k and 1M records.
+SCALE_SCRIPTS = (
+    "bench_crossover.py",
+    "bench_scale_backfill.py",
+)
 
 
 def main() -> int:
+    scripts = SCALE_SCRIPTS if "--scale" in sys.argv[1:] else SCRIPTS
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
     started = time.perf_counter()
     summary, failed = [], []
-    for script in SCRIPTS:
+    for script in scripts:
         if not (HERE / script).exists():
             print(f"== {script}: not present, skipped\n", flush=True)
             continue

@@ -38,12 +38,20 @@ class ExactDelta:
         if row is None:
             row = len(self._row)
             if row == self._matrix.shape[0]:
-                capacity = max(16, row + row // 2)  # 1.5x: a growing delta peaks lower
-                self._matrix = np.resize(self._matrix, (capacity, self.dim))
-                self._labels = np.resize(self._labels, capacity)
+                self._grow(max(16, row + row // 2))
             self._row[label] = row
             self._labels[row] = label
         self._matrix[row] = vector
+
+    def _grow(self, capacity: int) -> None:
+        """Room for ``capacity`` rows: the old rows copied into a new array. (``np.resize``
+        first tiles the old array to twice its size: a 1M-vector delta then peaked at 5 GB.)"""
+        n = self._matrix.shape[0]
+        matrix = np.empty((capacity, self.dim), np.float32)
+        matrix[:n] = self._matrix
+        labels = np.empty(capacity, np.int64)
+        labels[:n] = self._labels
+        self._matrix, self._labels = matrix, labels
 
     def discard(self, label: int) -> None:
         row = self._row.pop(label, None)

@@ -268,7 +268,7 @@ class IndexFiles:
             live = LiveIndex(
                 backend, manifest.dim, records, manifest.synced_seq, manifest.generation
             )
-            if len(live.label_of) != len(records):
+            if len(set(live.record_ids.values())) != len(records):
                 raise CorruptIndexError("its metadata lists a record id twice")
         except (OSError, ValueError, RuntimeError, OverflowError, CorruptIndexError) as exc:
             self._say(logging.WARNING,

@@ -299,3 +299,21 @@ def test_onnx_model_backend_searches_a_torch_built_store(tmp_path):
     assert found["onnx"][0]["record"]["message"].startswith("sqlite3.OperationalError")
     for a, b in zip(found["onnx"], found["torch"], strict=True):
         assert a["distance"] == pytest.approx(b["distance"], abs=1e-4)
+
+
+def test_plain_progress_lines_come_every_few_seconds_with_rate_and_eta(monkeypatch, capsys):
+    """Off a terminal, a line at most every 2 s (and always the last), with rate and ETA."""
+    from embeddable_db.cli import output
+    from embeddable_db.reports import BackfillResult
+
+    clock = iter([0.0, 0.5, 1.0, 2.5, 3.0, 10.0])
+    monkeypatch.setattr(output.time, "monotonic", lambda: next(clock))
+    progress = output.Progress("bot", 100)  # started at 0.0
+    for done in (10, 20, 50, 60, 100):  # at 0.5, 1.0, 2.5, 3.0, 10.0
+        progress(BackfillResult(unchanged=done))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "bot: 10/100 records (20 records/s, 4 s left)",
+        "bot: 50/100 records (20 records/s, 2 s left)",
+        "bot: 100/100 records (10 records/s)",
+    ]

@@ -444,3 +444,22 @@ def test_close_defers_a_small_delta(make_notes, encoder, caplog, backend):
     assert file_bytes(reopened.index_path, reopened.metadata_path) != files
     # encoding the queries above was the only model work: nothing was re-embedded
     assert encoder.texts_encoded == 1
+
+
+def test_a_long_walk_over_current_records_reports_progress_as_it_reads(make_notes, monkeypatch):
+    """A no-op backfill has no batch to report; it still tells progress every READ_TICK
+    records read (issue 12: a 1M-record no-op backfill read for seconds in silence)."""
+    from embeddable_db import backfill
+
+    db = make_notes()
+    db.add_embeddings([(i, {"body": f"note {i}"}, "note") for i in range(2_500)])
+    for i in range(2_500):
+        db.conn.execute("INSERT INTO notes(id, body) VALUES (?, ?)", (i, f"note {i}"))
+    db.conn.commit()
+    monkeypatch.setattr(backfill, "READ_TICK", 500)
+    seen = []
+    result = db.backfill_embeddings(progress=lambda r: seen.append(r.processed))
+    assert result.unchanged == 2_500 and result.embedded == 0
+    assert len(seen) >= 4 and seen == sorted(seen) and seen[-1] == 2_500
+    assert seen[0] < 2_500  # told before the end, while reading
+    db.close()

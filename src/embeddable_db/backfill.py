@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: Records are read this many batches ahead and batched by text length.
 WINDOW_BATCHES = 16
+#: Progress is told every this many records read, embedded or not: a no-op backfill of 1M
+#: records reads for seconds without a batch to report.
+READ_TICK = 20_000
 
 
 @dataclass(frozen=True)
@@ -117,23 +120,31 @@ def run(
         )
     result = BackfillResult()
     started = time.perf_counter()
-    walk = _Walk(engine, source, result.failures)
     limit = batch_size * WINDOW_BATCHES
     skipped = 0  # rewritten by another writer while their batch was encoded
+
+    def counted() -> None:
+        result.unchanged = walk.plan.unchanged + skipped
+        result.failed = len(result.failures)
+        result.last_record_id = walk.plan.last_key
+
+    def read_on() -> None:  # a long stretch of current records is reported as it is read
+        counted()
+        if progress:
+            progress(result)
+
+    walk = _Walk(engine, source, result.failures, read_on)
     try:
         while True:
             window = walk.next_window(limit)
-            result.last_record_id = walk.plan.last_key
             final = len(window) < limit
             window.sort(key=lambda planned: len(planned.item.text or ""))  # stable
             for start in range(0, len(window), batch_size):
                 skipped += _embed_batch(engine, source, window[start : start + batch_size], result)
-                result.unchanged = walk.plan.unchanged + skipped
-                result.failed = len(result.failures)
+                counted()
                 if progress and not (final and start + batch_size >= len(window)):
                     progress(result)
-            result.unchanged = walk.plan.unchanged + skipped
-            result.failed = len(result.failures)
+            counted()
             if final:
                 break
         gone = walk.orphans()
@@ -145,8 +156,7 @@ def run(
     except KeyboardInterrupt as exc:
         result.interrupted = True
         result.seconds = time.perf_counter() - started
-        result.unchanged = walk.plan.unchanged + skipped
-        result.failed = len(result.failures)
+        counted()
         raise BackfillInterrupted(result) from exc
     result.seconds = time.perf_counter() - started
     if progress:
@@ -183,10 +193,16 @@ class _Walk:
     """The records read so far, judged against what is stored beside their vectors."""
 
     def __init__(
-        self, engine: Engine, source: Source, failures: list[tuple[str, str]] | None = None
+        self,
+        engine: Engine,
+        source: Source,
+        failures: list[tuple[str, str]] | None = None,
+        read_on: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.source = source
+        self._read_on = read_on  # called every READ_TICK records read
+        self._ticked = 0
         self.plan = BackfillPlan(failures=[] if failures is None else failures)
         self.seen: set[str] = set()
         self._kinds: set[str] = set()  # kinds already checked
@@ -207,6 +223,9 @@ class _Walk:
                 planned = self._judge(item, states.get(item[0]))
                 if planned is not None:
                     window.append(planned)
+            if self._read_on is not None and len(self.seen) - self._ticked >= READ_TICK:
+                self._ticked = len(self.seen)
+                self._read_on()
         return window
 
     def _read(self, n: int) -> list[tuple]:

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,22 +74,35 @@ def warn(text: str) -> None:
 class Progress:
     """A tqdm bar on a terminal, plain log lines otherwise."""
 
+    #: Plain lines come at most this often (and always for the last record): a 1M-record
+    #: backfill called back 10,000 times.
+    EVERY_SECONDS = 2.0
+
     def __init__(self, name: str, total: int) -> None:
         self.name = name
         self.total = total
         self.bar = None
+        self.started = time.monotonic()
+        self.said = -math.inf
         if sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=name, unit="rec", leave=False, file=sys.stderr)
 
     def __call__(self, result: BackfillResult) -> None:
+        done = result.processed
         if self.bar is not None:
-            self.bar.n = result.processed
+            self.bar.n = done
             self.bar.refresh()
-        else:
-            print(f"{self.name}: {result.processed}/{self.total} records", file=sys.stderr,
-                  flush=True)
+            return
+        now = time.monotonic()
+        if now - self.said < self.EVERY_SECONDS and done < self.total:
+            return
+        self.said = now
+        rate = done / max(now - self.started, 1e-9)
+        left = f", {(self.total - done) / rate:.0f} s left" if rate and done < self.total else ""
+        print(f"{self.name}: {done}/{self.total} records ({rate:,.0f} records/s{left})",
+              file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

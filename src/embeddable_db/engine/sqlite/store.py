@@ -42,6 +42,13 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _chunks(ids: list[str], size: int = 500) -> Iterator[tuple[list[str], str]]:
+    """``ids`` in slices short enough for one ``IN (...)`` list, each with its placeholders."""
+    for start in range(0, len(ids), size):
+        chunk = ids[start : start + size]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 def vector_to_blob(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
@@ -266,9 +273,7 @@ class EmbeddingStore:
 
     def _present(self, ids: list[str]) -> list[str]:
         present = []
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks(ids):
             present += [
                 r[0]
                 for r in self.conn.execute(
@@ -345,9 +350,7 @@ class EmbeddingStore:
     def states_of(self, record_ids: list[str]) -> dict[str, StoredState]:
         """record_id -> what its vector was made from, for those of these that have one."""
         found: dict[str, StoredState] = {}
-        for start in range(0, len(record_ids), 500):
-            chunk = record_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks(record_ids):
             found.update(self._states(
                 f"SELECT {_STATE} FROM {self.table} "
                 f"WHERE deleted = 0 AND record_id IN ({marks})", chunk,
@@ -379,9 +382,7 @@ class EmbeddingStore:
     def live_through(self, record_ids: list[str], through_seq: int) -> list[str]:
         """Those of ``record_ids`` that have a vector last changed at or before ``through_seq``."""
         found: list[str] = []
-        for start in range(0, len(record_ids), 500):
-            chunk = record_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks(record_ids):
             found += [
                 row[0]
                 for row in self.conn.execute(

@@ -202,9 +202,13 @@ def test_manifest_contents(make_notes):
     assert manifest["dim"] == 32 and manifest["model"] == "hash:32"
     assert manifest["embedding_version"] == 1 and manifest["generation"] >= 1
     assert manifest["store_id"] and manifest["index_checksum"]
-    row = dict(zip(manifest["record_fields"], manifest["records"][0], strict=True))
-    assert row["record_id"] == "5" and row["kind"] == "note" and row["source_id"] == "src-1"
-    assert row["created_at"].endswith("+00:00") and row["embedding_version"] == 1
+    # Columns in label order (schema 3); values of few kinds as a list and runs of its codes.
+    assert manifest["count"] == 1 and manifest["record_ids"] == ["5"]
+    assert manifest["kinds"] == {"values": ["note"], "runs": [[0, 1]]}
+    details = manifest["details"]
+    assert details["source_id"] == {"values": ["src-1"], "runs": [[0, 1]]}
+    assert details["created_at"][0].endswith("+00:00")
+    assert details["embedding_version"] == {"values": [1], "runs": [[0, 1]]}
     assert "vector" not in open(db.metadata_path).read()
 
 

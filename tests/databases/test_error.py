@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from embeddable_db import Discrepancy, ErrorDB, ErrorRecord, KnownError, TelemetryEvent
+from embeddable_db.engine.sqlite.manifest import read_manifest
+from embeddable_db.engine.sqlite.manifest_records import RECORD_FIELDS
 
 from .cases import best_match, sql
 
@@ -87,8 +87,8 @@ def test_telemetry_source_and_crud_by_kind(open_db):
                            module_counts={"parser": 2}, patch_id=None)
     tid = db.add_telemetry(event)
     db.save_index()
-    manifest = json.load(open(db.metadata_path))
-    row = dict(zip(manifest["record_fields"], manifest["records"][0], strict=True))
+    records = read_manifest(db.metadata_path, details=True).records
+    row = dict(zip(RECORD_FIELDS, records.rows()[0], strict=True))
     assert (row["record_id"], row["kind"], row["source_id"]) == (f"telemetry:{tid}", "telemetry", "bot-3")
     assert db.get(tid, kind="telemetry") == event
     db.update(tid, kind="telemetry", resolution_status="resolved", patch_id=41)

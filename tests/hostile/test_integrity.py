@@ -9,6 +9,7 @@ and ``verify_index()`` names the problem and what to do instead of saying ok.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sqlite3
@@ -18,6 +19,7 @@ import pytest
 from hostile_helpers import NotesDB
 
 from embeddable_db.engine.sqlite.manifest import _SAMPLE_BYTES, _SAMPLES, file_checksum, parse_manifest
+from embeddable_db.engine.sqlite.manifest_records import Records
 
 BACKENDS = {
     "annoy": {"backend": "annoy"},
@@ -64,18 +66,36 @@ def _metadata(path):
 def _swap_ids_in_text(meta, a, b):
     """Swap two records' ids in the JSON text, byte for byte (same length, still valid JSON)."""
     text = open(meta, encoding="utf-8").read()
-    first, second = f'[{a},"{a}",', f'[{b},"{b}",'
+    first, second = f',"{a}",', f',"{b}",'
     assert text.count(first) == 1 and text.count(second) == 1
-    text = text.replace(first, "\0").replace(second, f'[{b},"{a}",').replace("\0", f'[{a},"{b}",')
+    text = text.replace(first, "\0").replace(second, first).replace("\0", second)
     with open(meta, "w", encoding="utf-8") as handle:
         handle.write(text)
 
 
-def _forge(meta, edit):
-    """Edit the manifest and write it back with a valid checksum, as a user of this library's
-    own manifest module could: only a comparison with SQLite can catch this."""
-    manifest = parse_manifest(open(meta, encoding="utf-8").read())
-    edit(manifest)
+def _edit_labels_text(meta, runs, reseal=False):
+    """Put other label runs in the JSON text; ``reseal`` gives it a valid checksum again."""
+    text = open(meta, encoding="utf-8").read()
+    start = text.index('"labels":') + len('"labels":')
+    _, end = json.JSONDecoder().raw_decode(text, start)
+    text = text[:start] + json.dumps(runs, separators=(",", ":")) + text[end:]
+    if reseal:
+        body = text[: text.rindex(',"checksum":')]
+        text = f'{body},"checksum":"{hashlib.sha256(body.encode()).hexdigest()}"}}'
+    with open(meta, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def _forge(meta, edit_rows=None, edit=None):
+    """Edit the manifest (or its rows) and write it back with a valid checksum, as a user of
+    this library's own manifest module could: only a comparison with SQLite can catch this."""
+    manifest = parse_manifest(open(meta, encoding="utf-8").read(), details=True)
+    if edit_rows is not None:
+        rows = manifest.records.rows()
+        edit_rows(rows)
+        manifest.records = Records.from_rows(rows)
+    if edit is not None:
+        edit(manifest)
     with open(meta, "w", encoding="utf-8") as handle:
         handle.write(manifest.to_json())
 
@@ -109,9 +129,9 @@ def test_ids_swapped_in_the_metadata_are_not_served(tmp_path, backend, caplog):
 def test_verify_finds_ids_swapped_in_a_metadata_file_with_a_valid_checksum(tmp_path, backend):
     path = _filled(tmp_path, backend)
 
-    def swap(manifest):
-        rows = {row[1]: row for row in manifest.records}
-        rows["3"][1], rows["7"][1] = "7", "3"
+    def swap(rows):
+        by_id = {row[1]: row for row in rows}
+        by_id["3"][1], by_id["7"][1] = "7", "3"
 
     _forge(_metadata(path), swap)
     db = _open(path, backend)
@@ -133,15 +153,14 @@ def test_shifted_labels_rebuild_or_are_reported(tmp_path, backend, forged, caplo
     path = _filled(tmp_path, backend)
     meta = _metadata(path)
 
-    def shift(manifest):  # down by one: still ascending and within SQLite's labels
-        for row in manifest.records:
+    def shift(rows):  # down by one: still ascending and within SQLite's labels
+        for row in rows:
             row[0] -= 1
 
     if forged:
         _forge(meta, shift)
     else:
-        text = open(meta, encoding="utf-8").read()
-        open(meta, "w", encoding="utf-8").write(text.replace("[40,", "[41,"))
+        _edit_labels_text(meta, [[2, N]])
     with caplog.at_level(logging.WARNING, logger="embeddable_db"):
         db = _open(path, backend)
     hits = db.search_by_vector(_vector(path, 5), top_k=N)
@@ -164,10 +183,9 @@ def test_a_huge_label_does_not_make_the_store_unopenable(tmp_path, forged, label
     path = _filled(tmp_path, "faiss")
     meta = _metadata(path)
     if forged:
-        _forge(meta, lambda m: m.records[-1].__setitem__(0, label))
+        _edit_labels_text(meta, [[1, N - 1], [label, 1]], reseal=True)
     else:
-        text = open(meta, encoding="utf-8").read()
-        open(meta, "w", encoding="utf-8").write(text.replace("[40,", f"[{label},"))
+        _edit_labels_text(meta, [[1, N - 1], [label, 1]])
     with caplog.at_level(logging.WARNING, logger="embeddable_db"):
         db = _open(path, "faiss")  # a list of 10**15 entries was allocated here
     warnings = _warnings(caplog)
@@ -179,7 +197,7 @@ def test_a_huge_label_does_not_make_the_store_unopenable(tmp_path, forged, label
 
 def test_a_record_id_listed_twice_is_rebuilt(tmp_path, caplog):
     path = _filled(tmp_path, "faiss")
-    _forge(_metadata(path), lambda m: m.records[4].__setitem__(1, m.records[5][1]))
+    _forge(_metadata(path), lambda rows: rows[4].__setitem__(1, rows[5][1]))
     with caplog.at_level(logging.WARNING, logger="embeddable_db"):
         db = _open(path, "faiss")
     assert len(_warnings(caplog)) == 1 and "twice" in _warnings(caplog)[0]
@@ -235,7 +253,7 @@ def test_one_vector_overwritten_between_samples_is_found_by_verify(
             manifest.index_size, manifest.index_checksum = file_checksum(index_path)
             manifest.index_digest = hashlib.sha256(open(index_path, "rb").read()).hexdigest()
 
-        _forge(meta, reseal)
+        _forge(meta, edit=reseal)
     with caplog.at_level(logging.WARNING, logger="embeddable_db"):
         db = _open(path, backend, model_name="hash:384")
     assert _warnings(caplog) == []  # open only samples the file: this damage is served
@@ -289,7 +307,7 @@ def test_metadata_of_the_previous_schema_is_rebuilt_once(tmp_path, caplog):
     meta = _metadata(path)
     text = open(meta, encoding="utf-8").read()
     body = text[: text.rindex(',"checksum":')]
-    body = body.replace('"schema_version":2', '"schema_version":1')
+    body = body.replace('"schema_version":3', '"schema_version":1')
     body = body.replace(body[body.index('"index_digest":') : body.index(',"metric"')] + ",", "")
     open(meta, "w", encoding="utf-8").write(body + "}")
     with caplog.at_level(logging.WARNING, logger="embeddable_db"):

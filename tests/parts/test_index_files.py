@@ -59,7 +59,7 @@ def test_a_second_write_replaces_the_files_with_a_higher_generation(store, folde
     save(view, files)
     manifest = read_manifest(files.metadata_path)
     assert manifest.generation == first + 1 == view.live.generation
-    assert "late" in {r[1] for r in manifest.records}
+    assert "late" in manifest.records.record_ids
     assert not [name for name in os.listdir(folder) if ".~tmp-" in name]
 
 
@@ -70,7 +70,7 @@ def test_an_empty_store_writes_a_manifest_only_and_loads_it(store, folder):
     save(view, files)
     assert sorted(os.listdir(folder)) == ["index.faiss.lock", "index.meta.json"]
     loaded, manifest = files_for(store, folder).load(None)
-    assert loaded is not None and len(loaded) == 0 and manifest.records == []
+    assert loaded is not None and len(loaded) == 0 and manifest.count == 0
 
     # Once SQLite holds vectors, that empty index says nothing about them: rebuild.
     store.upsert(rows(3))

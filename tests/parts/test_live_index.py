@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from embeddable_db.engine.sqlite.label_table import LabelTable
 from embeddable_db.engine.sqlite.live_index import ExactDelta, LiveIndex
 from embeddable_db.engine.sqlite.store import Change
 
@@ -70,7 +71,7 @@ def annoy_index(labels, vectors):
 
 
 def records(labels, kind="doc"):
-    return [(int(label), f"r{label}", kind) for label in labels]
+    return LabelTable.from_rows((int(label), f"r{label}", kind) for label in labels)
 
 
 # -- ExactDelta ---------------------------------------------------------------------------------

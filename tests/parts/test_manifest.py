@@ -24,7 +24,14 @@ from embeddable_db.engine.sqlite.manifest import (
     write_manifest_temp,
     write_temp,
 )
+from embeddable_db.engine.sqlite.manifest_records import RECORD_FIELDS, Records
 from embeddable_db.errors import StoreConflictError
+
+ROWS = [
+    [1, "1", "note", "", "2026-01-01T00:00:00+00:00", 3],
+    [5, "café ☕ 日本", "faq", "src-9", "2026-01-02T00:00:00+00:00", 2],
+    [9, 'quote " and \\ backslash', "note", "", "2026-01-03T00:00:00+00:00", 3],
+]
 
 
 def manifest(**changes) -> Manifest:
@@ -41,11 +48,7 @@ def manifest(**changes) -> Manifest:
         index_size=1234,
         index_checksum="ab" * 16,
         index_digest="cd" * 32,
-        records=[
-            [1, "1", "note", "", "2026-01-01T00:00:00+00:00", 3],
-            [5, "café ☕ 日本", "faq", "src-9", "2026-01-02T00:00:00+00:00", 2],
-            [9, 'quote " and \\ backslash', "note", "", "2026-01-03T00:00:00+00:00", 3],
-        ],
+        records=Records.from_rows(ROWS),
     )
     values.update(changes)
     return Manifest(**values)
@@ -65,18 +68,24 @@ def test_a_manifest_reads_back_as_written(tmp_path):
     path = tmp_path / "index.meta.json"
     written = manifest()
     save(path, written)
-    read = read_manifest(str(path))
-    assert read == written and read.damage is None
-    assert read.count == 3 and read.records[1][1] == "café ☕ 日本"
+    read = read_manifest(str(path), details=True)
+    assert read == written and read.damage is None and read.records.rows() == ROWS
+    opened = read_manifest(str(path))  # what opening reads: everything but the details
+    assert opened.records.details is None and opened.damage is None
+    assert opened.records.pairs() == {1: ("1", "note"), 5: ("café ☕ 日本", "faq"),
+                                      9: ('quote " and \\ backslash', "note")}
     data = json.loads(path.read_text("utf-8"))
-    assert data["count"] == 3 and data["schema_version"] == SCHEMA_VERSION
+    assert data["count"] == 3 and data["schema_version"] == SCHEMA_VERSION == 3
+    assert list(data)[-2:] == ["details", "checksum"]  # what opening skips comes last
+    assert data["labels"] == [[1, 1], [5, 1], [9, 1]]
     assert "damage" not in data and len(data["checksum"]) == 64
     assert os.listdir(tmp_path) == ["index.meta.json"]  # no temporary file left
 
 
 def test_an_empty_store_round_trips(tmp_path):
     path = tmp_path / "m.json"
-    save(path, manifest(model=None, dim=None, records=[], index_size=None, index_checksum=None,
+    save(path, manifest(model=None, dim=None, records=Records.from_rows([]), index_size=None,
+                        index_checksum=None,
                         index_digest=None))
     read = read_manifest(str(path))
     assert read.model is None and read.count == 0 and read.damage is None
@@ -139,7 +148,20 @@ def test_a_checksum_that_was_edited_or_removed_is_damage():
     assert parse_manifest(json.dumps(without)).damage == "it has no checksum"
 
 
-@pytest.mark.parametrize("schema", [1, 3, "2", None])
+def test_a_schema_2_manifest_of_rows_is_still_read(tmp_path):
+    """Stores saved before schema 3 open without a rebuild; the next save writes schema 3."""
+    data = json.loads(manifest().to_json())
+    for key in ("labels", "record_ids", "kinds", "details", "checksum"):
+        del data[key]
+    data.update(schema_version=2, records=ROWS, record_fields=RECORD_FIELDS)
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)[:-1]
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    read = parse_manifest(f'{body},"checksum":"{digest}"}}')
+    assert read.damage is None and read.schema_version == 2 and read.records.rows() == ROWS
+    assert json.loads(read.to_json())["schema_version"] == 3
+
+
+@pytest.mark.parametrize("schema", [1, 4, "3", None])
 def test_another_schema_is_a_manifest_error(schema):
     data = json.loads(manifest().to_json())
     data["schema_version"] = schema
@@ -155,14 +177,22 @@ def test_another_schema_is_a_manifest_error(schema):
         ("dim", True),  # a bool is no int here
         ("generation", None),
         ("params", []),
-        ("records", {}),
-        ("record_fields", ["label", "record_id"]),
-        ("records", [[True, "1", "note", "", "", 1]]),  # a bool is no label
-        ("records", [[1.0, "1", "note", "", "", 1]]),
-        ("records", [[1, 1, "note", "", "", 1]]),
-        ("records", [[1, "1", None, "", "", 1]]),
-        ("records", [[1, "1", "note"]]),
-        ("records", ["1"]),
+        ("labels", {}),
+        ("labels", [[True, 3]]),  # a bool is no label
+        ("labels", [[1.0, 3]]),
+        ("labels", [[1, 2]]),  # covers two records of three
+        ("labels", [[1, 3, 1]]),
+        ("labels", [[1, -3], [2, 6]]),
+        ("labels", [[2**70, 3]]),
+        ("labels", [[1, 10**12]]),  # never expanded: it does not cover the three records
+        ("labels", ["1"]),
+        ("record_ids", [1, 5, 9]),
+        ("record_ids", ["1", "5"]),
+        ("record_ids", "159"),
+        ("kinds", ["note", "faq", "note"]),
+        ("kinds", {"values": ["note"], "runs": [[0, 2], [1, 1]]}),  # code 1 is no value
+        ("kinds", {"values": ["note", 5], "runs": [[0, 3]]}),
+        ("kinds", {"values": ["note"], "runs": [[0, 4]]}),
     ],
 )
 def test_a_field_of_the_wrong_shape_is_a_manifest_error(key, value):
@@ -170,6 +200,24 @@ def test_a_field_of_the_wrong_shape_is_a_manifest_error(key, value):
     data[key] = value
     with pytest.raises(ManifestError):
         parse_manifest(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("created_at", ["", ""]),
+        ("created_at", [1, 2, 3]),
+        ("source_id", {"values": [""], "runs": [[0, 2]]}),
+        ("embedding_version", {"values": ["3"], "runs": [[0, 3]]}),
+    ],
+)
+def test_details_of_the_wrong_shape_are_a_manifest_error_for_readers_of_details(key, value):
+    data = json.loads(manifest().to_json())
+    data["details"][key] = value
+    text = json.dumps(data)
+    with pytest.raises(ManifestError):
+        parse_manifest(text, details=True)
+    assert parse_manifest(text).records.details is None  # opening never reads them
 
 
 def test_a_missing_field_is_a_manifest_error():

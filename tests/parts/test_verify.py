@@ -12,6 +12,7 @@ import pytest
 
 from embeddable_db.engine.sqlite import verify as verify_module
 from embeddable_db.engine.sqlite.manifest import publish, read_manifest, write_manifest_temp
+from embeddable_db.engine.sqlite.manifest_records import Records
 from embeddable_db.engine.sqlite.store import vector_to_blob
 from embeddable_db.engine.sqlite.verify import verify_store as verify
 
@@ -179,8 +180,8 @@ def test_metadata_newer_than_the_database_is_said(store, folder):
 # -- the files --------------------------------------------------------------------------------
 def test_a_record_missing_from_the_metadata(store, folder):
     view, files = saved(store, folder)
-    manifest = read_manifest(files.metadata_path)
-    rewrite_manifest(files.metadata_path, records=manifest.records[1:])
+    manifest = read_manifest(files.metadata_path, details=True)
+    rewrite_manifest(files.metadata_path, records=Records.from_rows(manifest.records.rows()[1:]))
     report = verify(view, files, read_only=False)
     assert report.metadata_count == 22 and len(report.problems) == 2, report.problems
     index, metadata = report.problems

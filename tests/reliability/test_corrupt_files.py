@@ -134,9 +134,9 @@ def test_metadata_that_disagrees_with_its_index(saved_store, encoder_counts, cap
     open_again, answers, db = saved_store
     manifest = json.load(open(db.metadata_path))
     if edit == "fewer-records":
-        manifest["records"] = manifest["records"][:-5]
+        manifest["record_ids"] = manifest["record_ids"][:-5]
     elif edit == "label-not-int":
-        manifest["records"][0][0] = "one"
+        manifest["labels"][0][0] = "one"
     elif edit == "checksum":
         manifest["index_checksum"] = "0" * 32
     else:

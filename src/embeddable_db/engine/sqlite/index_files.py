@@ -26,6 +26,7 @@ from ... import files
 from ...backends import VectorIndex
 from ...errors import CorruptIndexError, EmbeddingError, ModelConflictError, StoreConflictError
 from .integrity import checked_labels
+from .label_table import LabelTable
 from .live_index import LiveIndex
 from .manifest import (
     Manifest,
@@ -164,7 +165,7 @@ class IndexFiles:
             manifest = self._read_own_manifest(current_dim)
             live = None
             if manifest is not None and not (
-                manifest.model is None and not manifest.records and self.store.count()
+                manifest.model is None and not manifest.count and self.store.count()
             ):  # (an empty index written without a model, as an open with another model did,
                 # says nothing about this model's vectors: never trust it to mean "none")
                 live = self._load_files(manifest)
@@ -255,21 +256,22 @@ class IndexFiles:
                 "backup?): rebuilding it from SQLite", self.index_path,
             )
             return None
-        records = manifest.records  # rows start (label, record_id, kind, ...)
-        if not records:
-            return LiveIndex(None, manifest.dim, (), manifest.synced_seq, manifest.generation)
+        records = manifest.records
+        if not len(records):
+            return LiveIndex(None, manifest.dim, None, manifest.synced_seq, manifest.generation)
         try:
-            labels = checked_labels(records, self.store.max_label())
+            labels = checked_labels(records.labels, self.store.max_label())
             size, checksum = file_checksum(self.index_path)
             if (size, checksum) != (manifest.index_size, manifest.index_checksum):
                 raise CorruptIndexError("its checksum does not match the metadata")
             backend = self.new_backend(manifest.dim)
             backend.load(self.index_path, labels)
-            live = LiveIndex(
-                backend, manifest.dim, records, manifest.synced_seq, manifest.generation
-            )
-            if len(set(live.record_ids.values())) != len(records):
+            if len(set(records.record_ids)) != len(records):
                 raise CorruptIndexError("its metadata lists a record id twice")
+            live = LiveIndex(
+                backend, manifest.dim, LabelTable(records), manifest.synced_seq,
+                manifest.generation,
+            )
         except (OSError, ValueError, RuntimeError, OverflowError, CorruptIndexError) as exc:
             self._say(logging.WARNING,
                 "index %s cannot be used (%s): rebuilding it from the vectors in SQLite",
@@ -366,19 +368,8 @@ class IndexFiles:
         if index_file is not None:
             size, checksum = file_checksum(index_file)
             digest = file_digest(index_file)
-        extras = {}
-        if live.dim is not None:
-            extras = {
-                label: (source_id, created_at, version)
-                for label, _, _, source_id, created_at, version in self.store.mapping(
-                    self.model_id, live.dim
-                )
-            }
-        default = ("", "", self.embedding_version)
-        records = [
-            [label, live.record_ids[label], kind, *extras.get(label, default)]
-            for label, kind in sorted(live.kind_of.items())
-        ]
+        records = live.table.records()
+        records.details = self._details(live, records.labels.tolist())
         return Manifest(
             store_id=self.store.store_id,
             database=self.database,
@@ -394,3 +385,24 @@ class IndexFiles:
             index_digest=digest,
             records=records,
         )
+
+    def _details(self, live: LiveIndex, labels: list[int]) -> tuple[list, list, list]:
+        """(source ids, creation times, versions) of ``labels`` from SQLite, by a merge of
+        two label-ordered streams: no dict of a million rows."""
+        sources: list[str] = []
+        created: list[str] = []
+        versions: list[int] = []
+        rows = iter(self.store.mapping(self.model_id, live.dim) if live.dim is not None else ())
+        row = next(rows, None)
+        for label in labels:
+            while row is not None and row[0] < label:
+                row = next(rows, None)
+            if row is not None and row[0] == label:
+                sources.append(row[3])
+                created.append(row[4])
+                versions.append(row[5])
+            else:  # changed in SQLite since the view synced: the next save has it
+                sources.append("")
+                created.append("")
+                versions.append(self.embedding_version)
+        return sources, created, versions

@@ -27,11 +27,10 @@ _CHUNK = 10_000
 _TOLERANCE = 1e-6  # the file and SQLite hold the same float32 values: any real damage is larger
 
 
-def checked_labels(records: list[list], max_label: int) -> np.ndarray:
+def checked_labels(labels: np.ndarray, max_label: int) -> np.ndarray:
     """The manifest's labels as an array, if they can be SQLite's: ascending, none negative or
     beyond the largest label SQLite gave (~1 ms at 100k; OverflowError past 2**63). The
     checksum proved the manifest is the one written; this catches one forged consistently."""
-    labels = np.array([r[0] for r in records], np.int64)
     if labels[0] < 0 or labels[-1] > max_label or not (labels[1:] > labels[:-1]).all():
         raise CorruptIndexError("its metadata lists labels that are not SQLite's")
     return labels
@@ -53,7 +52,7 @@ def check_index_file(
                 f"match the metadata); {REPAIR}"
             )
         backend = new_backend(manifest.dim)
-        backend.load(index_path, np.array([r[0] for r in manifest.records], np.int64))
+        backend.load(index_path, manifest.records.labels)
         return len(backend), backend.stored_items(), None
     except (OSError, ValueError, RuntimeError, OverflowError) as exc:
         return None, None, f"index file {index_path} cannot be read: {exc}"
@@ -115,7 +114,7 @@ def scan_problems(
     stored: dict[int, tuple[str, str]] = {}
     counts: dict[str, int] = {}
     synced = manifest.synced_seq if manifest is not None else -1
-    listed = {row[0]: (row[1], row[2]) for row in manifest.records} if manifest else {}
+    listed = manifest.records.pairs() if manifest else {}
     position: dict[int, int] = {}
     if items is not None:
         position = {label: i for i, label in enumerate(items[0].tolist())}

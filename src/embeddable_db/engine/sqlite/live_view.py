@@ -16,9 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import numpy as np
-
 from ...backends import VectorIndex
+from .label_table import LabelTable
 from .live_index import LiveIndex
 from .store import EmbeddingStore
 
@@ -117,25 +116,21 @@ class LiveView:
         backfill's final build peaked at 3.5x the raw vectors). If the rebuild fails, the
         view is left empty and behind everything, so the next sync replays all from SQLite."""
         generation = self.live.generation if self.live is not None else 0
-        self.live = LiveIndex(None, None, (), 0, generation)  # what a failure leaves
+        self.live = LiveIndex(None, None, None, 0, generation)  # what a failure leaves
         self.data_version = None  # ... and the next stale() then says so
         store = self.store
         with self.snapshot():
             seq = store.last_seq()
             dim = self.current_dim()
             if dim is None:
-                live = LiveIndex(None, None, (), seq, generation)
+                live = LiveIndex(None, None, None, seq, generation)
             else:
-                records = [
-                    (label, record_id, kind)
-                    for label, record_id, kind, *_ in store.mapping(self.model_id, dim)
-                ]
+                table = LabelTable.from_rows(store.mapping(self.model_id, dim))
                 backend = None
-                if records:
+                if len(table):
                     backend = self.new_backend(dim)
-                    labels = np.fromiter((r[0] for r in records), np.int64, len(records))
                     chunks = (chunk for _, chunk in store.vector_chunks(self.model_id, dim))
-                    backend.build_from(labels, chunks)
-                live = LiveIndex(backend, dim, records, seq, generation)
+                    backend.build_from(table.labels(), chunks)
+                live = LiveIndex(backend, dim, table, seq, generation)
         self.data_version = store.data_version()
         return live

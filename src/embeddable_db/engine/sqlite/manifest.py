@@ -2,8 +2,9 @@
 
 The manifest names its store (``store_id`` from the SQLite meta table), model, dimension,
 backend, the index file's generation, size and checksum, the highest SQLite ``seq`` the index
-contains, and per record: label, record id, kind, source id, created_at, embedding version.
-Vectors never go here: they live in SQLite and in the index.
+contains, and per record: label, record id, kind, source id, created_at, embedding version, in
+columns (``manifest_records``; schema 3, which still reads schema 2's rows). Vectors never go
+here: they live in SQLite and in the index.
 
 Files are written to a temporary file in the same folder, fsynced and ``os.replace``d, so a
 reader sees the old file or the new one, never half of one. Both temporary files are written
@@ -34,9 +35,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ...files import mode_for, open_regular, permission_denied
+from .manifest_records import RECORD_FIELDS, ColumnError, Records
 
-SCHEMA_VERSION = 2  # 2: the manifest checksum and index_digest
-RECORD_FIELDS = ["label", "record_id", "kind", "source_id", "created_at", "embedding_version"]
+SCHEMA_VERSION = 3  # 2: the manifest checksum and index_digest; 3: records in columns
+READABLE_SCHEMAS = (2, 3)
 _SAMPLE_BYTES = 64 * 1024
 _SAMPLES = 64
 _CHUNK = 1 << 20
@@ -64,9 +66,8 @@ class Manifest:
     index_checksum: str | None = None
     index_digest: str | None = None
     metric: str = "cosine"
-    records: list[list[Any]] = field(default_factory=list)
+    records: Records = field(default_factory=lambda: Records.from_rows([]))
     schema_version: int = SCHEMA_VERSION
-    record_fields: list[str] = field(default_factory=lambda: list(RECORD_FIELDS))
     # Why the file's checksum failed (None: intact). Not written: the checksum is.
     damage: str | None = field(default=None, compare=False)
 
@@ -75,8 +76,11 @@ class Manifest:
         return len(self.records)
 
     def to_json(self) -> str:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "damage"}
+        """Schema 3: the header, the count, the columns, and ``details`` last of all."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _UNWRITTEN}
+        data["schema_version"] = SCHEMA_VERSION
         data["count"] = self.count
+        data.update(self.records.to_json_fields())
         body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
         return f'{body[:-1]}{_CHECKSUM_KEY}{_text_digest(body[:-1])}"}}'
 
@@ -105,6 +109,7 @@ def _text_damage(text: str) -> str | None:
     return None
 
 
+_UNWRITTEN = ("damage", "records", "schema_version")
 _TYPES: dict[str, tuple[type, ...]] = {
     "store_id": (str,),
     "database": (str,),
@@ -119,27 +124,30 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "index_checksum": (str, type(None)),
     "index_digest": (str, type(None)),
     "metric": (str,),
-    "records": (list,),
-    "schema_version": (int,),
-    "record_fields": (list,),
 }
+_DECODER = json.JSONDecoder()
+_SPACE = " \t\r\n"
 
 
-def parse_manifest(text: str) -> Manifest:
+def parse_manifest(text: str, details: bool = False) -> Manifest:
     """Validate types before use: a damaged or foreign file must not crash the store.
 
     A well-formed manifest whose checksum fails is returned with ``damage`` set: trust its
-    identity fields only to refuse, never its records."""
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+    identity fields only to refuse, never its records. Without ``details`` a schema 3 file is
+    parsed up to its ``details`` and no further: at 1M records that skips ~40 of its ~50 MB.
+    """
+    damage = _text_damage(text)
+    try:  # a damaged file is parsed whole: is it JSON at all?
+        data = json.loads(text) if details or damage else _fields_before_details(text)
+    except (ValueError, RecursionError, IndexError) as exc:
         raise ManifestError(f"not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise ManifestError("top level is not an object")
-    if data.get("schema_version") != SCHEMA_VERSION:
+    schema = data.get("schema_version")
+    if type(schema) is not int or schema not in READABLE_SCHEMAS:
         raise ManifestError(
-            f"schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}, the one "
-            "this version writes"
+            f"schema_version {schema!r} is not {SCHEMA_VERSION}, the one this version writes, "
+            "or an earlier one it reads"
         )
     for key, types in _TYPES.items():
         if key not in data:
@@ -147,10 +155,24 @@ def parse_manifest(text: str) -> Manifest:
         value = data[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise ManifestError(f"field {key!r} has the wrong type")
-    if data["record_fields"] != RECORD_FIELDS:
-        raise ManifestError("unexpected record_fields")
+    try:
+        records = _schema_2_records(data) if schema == 2 else Records.from_json_fields(
+            {key: data.get(key) for key in ("labels", "record_ids", "kinds")},
+            data.get("details") if details else None,
+        )
+    except (ColumnError, OverflowError) as exc:
+        raise ManifestError(f"malformed records ({exc})") from exc
+    return Manifest(**{k: data[k] for k in _TYPES}, records=records, schema_version=schema,
+                    damage=damage)
+
+
+def _schema_2_records(data: dict[str, Any]) -> Records:
+    """Schema 2's rows as columns: stores saved before schema 3 open without a rebuild."""
+    rows = data.get("records")
+    if data.get("record_fields") != RECORD_FIELDS or type(rows) is not list:
+        raise ColumnError("unexpected record_fields or records")
     width = len(RECORD_FIELDS)
-    for row in data["records"]:  # exact type checks: fast on 100k rows, and a bool is no label
+    for row in rows:  # exact type checks: fast on 100k rows, and a bool is no label
         if (
             type(row) is not list
             or len(row) != width
@@ -158,14 +180,43 @@ def parse_manifest(text: str) -> Manifest:
             or type(row[1]) is not str
             or type(row[2]) is not str
         ):
-            raise ManifestError("malformed record entry")
-    data.pop("count", None)
-    data.pop("checksum", None)
-    return Manifest(**{k: data[k] for k in _TYPES}, damage=_text_damage(text))
+            raise ColumnError("malformed record entry")
+    return Records.from_rows(rows)
 
 
-def read_manifest(path: str) -> Manifest | None:
+def _fields_before_details(text: str) -> dict[str, Any]:
+    """The top-level object's fields up to ``details`` (left unparsed), each value parsed by
+    the json module's own decoder; anything unexpected raises ValueError or IndexError."""
+    data: dict[str, Any] = {}
+    i = _skip_space(text, 0)
+    if text[i] != "{":
+        return json.loads(text)  # not an object: let the caller say so
+    i = _skip_space(text, i + 1)
+    while text[i] != "}":
+        key, i = _DECODER.raw_decode(text, i)
+        i = _skip_space(text, i)
+        if not isinstance(key, str) or text[i] != ":":
+            raise ValueError(f"a key is not followed by ':' at {i}")
+        if key == "details":
+            return data
+        data[key], i = _DECODER.raw_decode(text, _skip_space(text, i + 1))
+        i = _skip_space(text, i)
+        if text[i] == ",":
+            i = _skip_space(text, i + 1)
+        elif text[i] != "}":
+            raise ValueError(f"expected ',' or '}}' at {i}")
+    return data
+
+
+def _skip_space(text: str, i: int) -> int:
+    while text[i] in _SPACE:
+        i += 1
+    return i
+
+
+def read_manifest(path: str, details: bool = False) -> Manifest | None:
     """The manifest at ``path``; None when there is no file; ManifestError when damaged.
+    ``details`` also reads each record's source id, creation time and version.
 
     Only a regular file is read (a FIFO or device at the path is refused, never waited on or
     read forever); a file the user may not read is said to be so, not called damaged.
@@ -181,7 +232,7 @@ def read_manifest(path: str) -> Manifest | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"unreadable ({exc})") from exc
-    return parse_manifest(text)
+    return parse_manifest(text, details)
 
 
 def file_checksum(path: str) -> tuple[int, str]:

@@ -42,7 +42,7 @@ def _verify_now(view: LiveView, index_files: IndexFiles | None) -> VerifyReport:
     if index_files is not None:
         index_path, metadata_path = index_files.index_path, index_files.metadata_path
         try:
-            manifest = read_manifest(metadata_path)
+            manifest = read_manifest(metadata_path, details=True)
         except ManifestError as exc:
             problems.append(f"metadata {metadata_path} is damaged: {exc}")
         else:
@@ -76,7 +76,7 @@ def _verify_now(view: LiveView, index_files: IndexFiles | None) -> VerifyReport:
         if view.live.synced_seq < seq:
             view.sync()
     live = view.live
-    live_ids = {label: (rid, live.kind_of[label]) for label, rid in live.record_ids.items()}
+    live_ids = {label: (rid, kind) for label, rid, kind in live.table.items()}
     problems[:0] = live_problems(live_ids, stored)
     problems += found
     if switch:

@@ -207,7 +207,7 @@ def test_manifest_contents(make_notes):
     assert manifest["kinds"] == {"values": ["note"], "runs": [[0, 1]]}
     details = manifest["details"]
     assert details["source_id"] == {"values": ["src-1"], "runs": [[0, 1]]}
-    assert details["created_at"][0].endswith("+00:00")
+    assert details["created_at"]["values"][0].endswith("+00:00")
     assert details["embedding_version"] == {"values": [1], "runs": [[0, 1]]}
     assert "vector" not in open(db.metadata_path).read()
 

@@ -266,8 +266,9 @@ class IndexFiles:
                 raise CorruptIndexError("its checksum does not match the metadata")
             backend = self.new_backend(manifest.dim)
             backend.load(self.index_path, labels)
-            if len(set(records.record_ids)) != len(records):
-                raise CorruptIndexError("its metadata lists a record id twice")
+            # A record id listed twice passes these checks only in a file forged with a valid
+            # checksum; verify_index() finds it, as it finds swapped ids (a set of 1M ids here
+            # cost 0.18 s, a third of the open).
             live = LiveIndex(
                 backend, manifest.dim, LabelTable(records), manifest.synced_seq,
                 manifest.generation,

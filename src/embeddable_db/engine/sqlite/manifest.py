@@ -91,10 +91,11 @@ def _text_digest(text: str | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _text_damage(text: str) -> str | None:
+def _text_damage(text: str, encoded: bytes | None = None) -> str | None:
     """None when the text ends with ``,"checksum":"<sha256 of everything before it>"}``.
 
-    Copies the 6 MB text of a 100k-record manifest once (to UTF-8), not three times."""
+    ``encoded`` is the text's UTF-8 bytes when the caller has them (the file it decoded), so
+    they are not made again (~25 ms at 1M records)."""
     end = len(text)
     while end and text[end - 1] in " \t\r\n":
         end -= 1
@@ -102,7 +103,7 @@ def _text_damage(text: str) -> str | None:
     suffix = text[end - tail : end]
     if end < tail or not suffix.startswith(_CHECKSUM_KEY) or not suffix.endswith('"}'):
         return "it has no checksum"
-    data = text.encode("utf-8", "surrogatepass")
+    data = text.encode("utf-8", "surrogatepass") if encoded is None else encoded
     body = memoryview(data)[: len(data) - (len(text) - end) - tail]  # the suffix is ASCII
     if suffix[len(_CHECKSUM_KEY) : -2] != _text_digest(body):
         return "its checksum does not match its contents: it was edited or damaged"
@@ -129,14 +130,14 @@ _DECODER = json.JSONDecoder()
 _SPACE = " \t\r\n"
 
 
-def parse_manifest(text: str, details: bool = False) -> Manifest:
+def parse_manifest(text: str, details: bool = False, encoded: bytes | None = None) -> Manifest:
     """Validate types before use: a damaged or foreign file must not crash the store.
 
     A well-formed manifest whose checksum fails is returned with ``damage`` set: trust its
     identity fields only to refuse, never its records. Without ``details`` a schema 3 file is
     parsed up to its ``details`` and no further: at 1M records that skips ~40 of its ~50 MB.
     """
-    damage = _text_damage(text)
+    damage = _text_damage(text, encoded)
     try:  # a damaged file is parsed whole: is it JSON at all?
         data = json.loads(text) if details or damage else _fields_before_details(text)
     except (ValueError, RecursionError, IndexError) as exc:
@@ -232,7 +233,7 @@ def read_manifest(path: str, details: bool = False) -> Manifest | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"unreadable ({exc})") from exc
-    return parse_manifest(text, details)
+    return parse_manifest(text, details, data)
 
 
 def file_checksum(path: str) -> tuple[int, str]:

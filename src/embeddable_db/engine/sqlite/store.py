@@ -14,6 +14,7 @@ before owners were recorded (opening writes nothing), and checked on open and on
 
 from __future__ import annotations
 
+import operator
 import re
 import sqlite3
 import uuid
@@ -31,6 +32,9 @@ __all__ = ["Change", "EmbeddingStore", "StoredState", "VectorRow", "atomic"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 FETCH_CHUNK = 10_000
+_FIRST = operator.itemgetter(0)
+_REST = operator.itemgetter(slice(1, None))
+_MAKE_STATE = StoredState._make
 _STATE = (
     "record_id, COALESCE(text_hash, ''), COALESCE(model, ''), COALESCE(embedding_version, 0), "
     "source_id, kind"
@@ -358,10 +362,10 @@ class EmbeddingStore:
         return found
 
     def _states(self, sql: str, args) -> dict[str, StoredState]:
-        return {
-            rid: StoredState(text_hash, model, version, source, kind)
-            for rid, text_hash, model, version, source, kind in self.conn.execute(sql, args)
-        }
+        """Rows made into states by C-level iteration (map, zip): a Python loop building
+        a NamedTuple per row was ~1.5 of a 1M no-op backfill's ~6 s."""
+        rows = self.conn.execute(sql, args).fetchall()
+        return dict(zip(map(_FIRST, rows), map(_MAKE_STATE, map(_REST, rows)), strict=True))
 
     def keys_not_in(
         self, seen: Container[str], after: str, limit: int = 20_000

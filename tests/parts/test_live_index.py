@@ -317,7 +317,7 @@ def _three_copies() -> tuple[LiveIndex, np.ndarray, bool]:
     for label in (1, 2, 3):
         live.upsert(label, f"r{label}", "doc", vectors[0])
     queries = vectors[1:]
-    rows = live.delta._matrix[: len(live.delta)]  # the very matrix the search multiplies
+    rows = live.delta._used()[0][0]  # the very matrix the search multiplies
     split = any(len(set((rows @ q).tolist())) > 1 for q in queries)
     return live, queries, split
 
@@ -333,3 +333,35 @@ def test_records_with_one_vector_tie_by_label():
         assert [rid for rid, _ in hits] == ["r1", "r2", "r3"]
         assert len({d for _, d in hits}) == 1
         assert _COPIES.search(query, 1) == hits[:1]
+
+
+def test_a_delta_in_many_blocks_answers_as_one_matrix(monkeypatch):
+    """Blocks of 8 rows: random upserts and removals moving rows across blocks; items and
+    searches agree with a plain dict of the live vectors, ties included."""
+    monkeypatch.setattr(ExactDelta, "BLOCK", 8)
+    rng = np.random.default_rng(11)
+    vectors = unit_vectors(120, DIM, seed=12)
+    vectors[7] = vectors[3]  # a tie: the lower label wins wherever the two rows sit
+    delta, live = ExactDelta(DIM), {}
+    for step in range(600):
+        label = int(rng.integers(0, 120))
+        if rng.random() < 0.35:
+            delta.discard(label)
+            live.pop(label, None)
+        else:
+            delta.upsert(label, vectors[label])
+            live[label] = vectors[label]
+        if step % 60 == 0 and live:
+            labels, matrix = delta.items()
+            assert labels.tolist() == sorted(live)
+            assert np.array_equal(matrix, np.array([live[x] for x in sorted(live)]))
+            query = vectors[3]
+            found, distances = delta.search(query, 10)
+            scores = {x: 1 - float(np.dot(v.astype(np.float64), query)) for x, v in live.items()}
+            best = sorted(live, key=lambda x: (round(scores[x], 6), x))[:10]
+            assert found.tolist() == best
+            assert np.allclose(distances, [scores[x] for x in best], atol=1e-6)
+    assert len(delta) == len(live)
+    for label in list(live):
+        delta.discard(label)
+    assert len(delta) == 0 and delta.items()[0].shape == (0,) and delta._blocks == []

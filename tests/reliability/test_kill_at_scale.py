@@ -114,7 +114,7 @@ def test_sigkill_in_the_middle_of_a_large_backfill(tmp_path, caplog, flushed, ad
     encoder = HashingEncoder(DIM)
     with caplog.at_level(logging.WARNING, logger="embeddable_db"):
         db = NotesDB(str(db_path), model_name=MODEL, encoder=encoder)
-    assert [r.getMessage() for r in caplog.records] == []
+    assert len(caplog.records) <= 1, [r.getMessage() for r in caplog.records]
     assert live_vectors(db_path) == before, "opening changed a committed vector"
     assert db.embedding_count() == committed
     report = db.verify_index()

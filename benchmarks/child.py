@@ -6,6 +6,9 @@
     child.py backfill <backend> <folder> <n>   backfills n text records with hash:384
     child.py notes <backend> <db file>    opens bench_scale_backfill's notes store, answers one
                                           search, then 200 more (for the memory figure)
+    child.py notes_backfill <backend> <db file>   says "ready" once that store is open, then
+                                          backfills it (bench_scale_crash kills it midway)
+    child.py notes_rebuild <backend> <db file>    opens that store, times rebuild_index()
 
 Only what each probe needs is imported, so ``raw`` never pays for embeddable_db.
 """
@@ -68,6 +71,29 @@ def notes(backend: str, path: str) -> dict:
             "torch": "torch" in sys.modules}
 
 
+def notes_backfill(backend: str, path: str) -> dict:
+    from bench_scale_backfill import Notes
+
+    started = time.perf_counter()
+    store = Notes(path, model_name="hash:384", backend=backend)
+    opened = time.perf_counter()
+    print("ready", flush=True)
+    result = store.backfill_embeddings(batch_size=1_000)
+    store.close()
+    return {"open_s": opened - started, "backfill_s": time.perf_counter() - opened,
+            "embedded": result.embedded, "unchanged": result.unchanged,
+            "reembedded": result.reembedded, "removed": result.removed, "failed": result.failed}
+
+
+def notes_rebuild(backend: str, path: str) -> dict:
+    from bench_scale_backfill import Notes
+
+    store = Notes(path, model_name="hash:384", backend=backend)
+    started = time.perf_counter()
+    store.rebuild_index()
+    return {"rebuild_s": time.perf_counter() - started}
+
+
 def raw(backend: str, path: str) -> dict:
     if backend == "annoy":
         from annoy import AnnoyIndex
@@ -118,7 +144,8 @@ def _high_water_mb() -> float:
 def main() -> None:
     probe, *args = sys.argv[1:]
     probes = {"baseline": baseline, "open": open_store, "notes": notes, "raw": raw,
-              "backfill": backfill}
+              "backfill": backfill, "notes_backfill": notes_backfill,
+              "notes_rebuild": notes_rebuild}
     out = probes[probe](*args)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["hwm_mb"] = _high_water_mb()  # this image's own peak: ru_maxrss keeps a fork's

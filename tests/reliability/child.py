@@ -6,7 +6,9 @@ Modes:
   a loop, with sleeps around every ``os.replace`` and ``fsync``, so kills land inside saves;
 - ``writer DB BACKEND START COUNT``: inserts and embeds notes START .. START+COUNT-1;
 - ``reader DB BACKEND STOP``: searches in a loop until the file STOP exists;
-- ``interrupt DB``: a slowed backfill that reports the result of Ctrl-C as JSON.
+- ``interrupt DB``: a slowed backfill that reports the result of Ctrl-C as JSON;
+- ``bulk DB BATCH DELAY``: a backfill at the benchmarks' shape (``hash:384``, default Annoy),
+  each model call slowed by DELAY seconds, to be killed once SQLite shows enough progress.
 
 MARKS is a file the child appends one letter to on entering (upper case) and leaving (lower
 case) an index save (W/w) or a backfill batch (B/b), so the parent knows where a kill landed.
@@ -152,7 +154,15 @@ def interrupt(db_path: str) -> None:
     db.shut()
 
 
+def bulk(db_path: str, batch: str, delay: str) -> None:
+    db = Notes(db_path, model_name="hash:384", encoder=SlowEncoder(384, float(delay)))
+    print("ready", flush=True)
+    db.backfill_embeddings(batch_size=int(batch))
+    print("done", flush=True)
+    db.shut()
+
+
 if __name__ == "__main__":
     mode, *arguments = sys.argv[1:]
     {"backfill": backfill, "saver": saver, "writer": writer, "reader": reader,
-     "interrupt": interrupt}[mode](*arguments)
+     "interrupt": interrupt, "bulk": bulk}[mode](*arguments)

@@ -1,4 +1,4 @@
-"""Checks of the evaluation set and its scorer (run: pytest benchmarks/eval/test_eval.py).
+"""Checks of the retrieval evaluation set in benchmarks/eval/ and its scorer (issue 13).
 
 No model is loaded: the vector side is only exercised by ``score.py`` itself.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "eval"))
 
 from corpus import build_corpus  # noqa: E402
 from queries import check_queries, load_queries, overlap  # noqa: E402

@@ -213,10 +213,7 @@ class EmbeddingStore:
                     for i, r in enumerate(rows)
                 ],
             )
-            self.keywords.write(
-                [(r.text, r.record_id) for r in rows if r.text is not None],
-                [r.record_id for r in rows if r.text is None],
-            )
+            self.keywords.write({r.record_id: r.text for r in rows})
             model, dim = self.identity()
             if model != rows[-1].model or dim != rows[-1].vector.shape[0]:
                 self.set_meta("model", rows[-1].model)

@@ -157,9 +157,13 @@ def run_child(src: str, step: str, folder: Path) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def keyword_tables(tables: dict[str, int]) -> dict[str, int]:
+    return {name: size for name, size in tables.items()
+            if name.startswith(("embeddings_text", "embeddings_fts"))}
+
+
 def keyword_share(tables: dict[str, int]) -> int:
-    return sum(size for name, size in tables.items() if name.startswith("embeddings_")
-               and name != "embeddings_meta" and not name.startswith("embeddings_seq"))
+    return sum(keyword_tables(tables).values())
 
 
 def main() -> None:
@@ -181,8 +185,8 @@ def main() -> None:
         print(f"{name:>7}: backfill {best['backfill']:.2f} s, no-op backfill {best['noop']:.2f} s, "
               f"files after close {best['files'] / raw:.3f}x raw "
               f"({best['files'] / 2**20:.0f} MiB; keyword tables {keywords / 2**20:.1f} MiB)")
-    print("keyword tables:", {k: f"{v / 2**20:.1f} MiB" for k, v in runs["this"][-1]["tables"].items()
-                              if k.startswith("embeddings_")})
+    print("keyword tables:", {name: f"{size / 2**20:.1f} MiB"
+                              for name, size in keyword_tables(runs["this"][-1]["tables"]).items()})
     for m in migrations:
         print(f"migrated: open {m['open']:.2f} s, fill backfill {m['fill']:.2f} s "
               f"({m['filled']:,} rows, {m['model_calls']} model calls), no-op after {m['noop']:.2f} s, "

@@ -10,7 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CountingEncoder, NotesDB, VectorDB, file_bytes, sqlite_dump
+from conftest import (
+    CountingEncoder,
+    NotesDB,
+    VectorDB,
+    as_before_keywords,
+    file_bytes,
+    sqlite_dump,
+)
 from embeddable_db import EmbeddingError, InvalidInputError, StoreConflictError
 
 DOCS = {
@@ -38,17 +45,6 @@ def notes(make_notes):
     db = make_notes()
     fill(db)
     return db
-
-
-def as_before_keywords(path) -> None:
-    """Make the store at ``path`` what the code before the keyword index left: the same
-    embeddings and meta tables, no keyword tables and no schema version."""
-    conn = sqlite3.connect(path)
-    with conn:
-        conn.execute("DROP TABLE embeddings_fts")
-        conn.execute("DROP TABLE embeddings_text")
-        conn.execute("DELETE FROM embeddings_meta WHERE key = 'schema'")
-    conn.close()
 
 
 # -- searching -----------------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """The SQLite engine: vectors in the application's own SQLite file, searched in memory.
 
-Three parts, each owning its state, orchestrated here:
+Its parts, each owning its state, orchestrated here:
 
 - ``EmbeddingStore`` (store.py): the embeddings table, the source of truth;
 - ``LiveView`` (live_view.py): the live index (backend + exact delta), kept current from SQLite
   by change sequence numbers, so other processes' writes show up in every search;
 - ``IndexFiles`` (index_files.py): the backend index and its JSON manifest on disk, a cache
   written atomically under a file lock at flush points, verified on open and rebuilt from
-  SQLite when missing, stale or damaged.
+  SQLite when missing, stale or damaged;
+- the keyword index (keywords.py, reached through the store): each vector's text and an FTS5
+  index over it, in SQLite, written with the vector. ``verify`` compares it with the vectors
+  (on a writable store it also runs FTS5's own integrity-check, a write statement that takes
+  SQLite's write lock for the time it reads the index) and ``rebuild`` makes it again.
 
 Opening changes no file but to repair this model's own cache: a writable open writes the index
 again when its files are missing, damaged, stale or far behind SQLite (they are derived data,

@@ -117,6 +117,17 @@ def file_bytes(*paths) -> dict:
     return out
 
 
+def as_before_keywords(path, table: str = "embeddings") -> None:
+    """Make the store at ``path`` what the code before the keyword index left (schema 1): the
+    same embeddings and meta tables, no keyword tables and no schema version."""
+    conn = sqlite3.connect(str(path))
+    with conn:
+        conn.execute(f"DROP TABLE {table}_fts")
+        conn.execute(f"DROP TABLE {table}_text")
+        conn.execute(f"DELETE FROM {table}_meta WHERE key = 'schema'")
+    conn.close()
+
+
 @pytest.fixture(scope="session")
 def real_encoder():
     """The real default model, loaded once per test session on one torch thread."""

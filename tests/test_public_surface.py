@@ -95,11 +95,12 @@ NAMES = {
     "BackfillInterrupted": "exception",
     "BackfillPlan": (
         "class(records=0, missing=0, stale_text=0, stale_model=0, stale_version=0, stale_kind=0, "
-        "unchanged=0, orphaned=0, failed=0, failures=<factory>, last_key=None)"
+        "unchanged=0, orphaned=0, failed=0, failures=<factory>, last_key=None, keyword_missing=0)"
     ),
     "BackfillResult": (
         "class(embedded=0, reembedded=0, removed=0, unchanged=0, failed=0, failures=<factory>, "
-        "seconds=0.0, dry_run=False, interrupted=False, last_record_id=None, last_committed_id=None)"
+        "seconds=0.0, dry_run=False, interrupted=False, last_record_id=None, last_committed_id=None, "
+        "keyword_filled=0)"
     ),
     "BotDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
@@ -187,7 +188,7 @@ NAMES = {
     ),
     "VerifyReport": (
         "class(sqlite_count, index_count, metadata_count, file_count, pending_changes, "
-        "problems=<factory>, repaired=False)"
+        "problems=<factory>, repaired=False, keyword_count=None)"
     ),
     "WorkflowDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
@@ -289,6 +290,7 @@ MIXIN = {
     "remove_embedding": "method(self, record_id)",
     "remove_embeddings": "method(self, record_ids)",
     "save_index": "method(self)",
+    "search_by_keyword": "method(self, text, top_k=10, *, kind=None)",
     "search_by_text": "method(self, text, top_k=10, *, kind=None)",
     "search_by_vector": "method(self, vector, top_k=10, *, kind=None)",
     "store_embeddings": "method(self, rows)",

@@ -12,6 +12,10 @@ model call: other threads search and write meanwhile. A vector another writer ch
 its batch was being encoded is left as that writer made it (the batch's was made from what the
 record said before); the next backfill judges it again. A dry run (``plan``) counts the same
 decisions without calling the model.
+
+A record whose vector is current but has no keyword row (a store made before the keyword
+index, migrated on open) gets its text written to the keyword index, ``FILL_CHUNK`` records per
+committed write, with no model call: its text hash shows the vector was made from that text.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ WINDOW_BATCHES = 16
 #: Progress is told every this many records read, embedded or not: a no-op backfill of 1M
 #: records reads for seconds without a batch to report.
 READ_TICK = 20_000
+#: Keyword rows filled (without the model) per committed write.
+FILL_CHUNK = 2_000
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ def dry_run(engine: Engine, source: Source) -> BackfillResult:
         embedded=planned.missing, reembedded=planned.stale, removed=planned.orphaned,
         unchanged=planned.unchanged, failed=planned.failed, failures=planned.failures,
         seconds=time.perf_counter() - started, dry_run=True,
-        last_record_id=planned.last_key,
+        last_record_id=planned.last_key, keyword_filled=planned.keyword_missing,
     )
 
 
@@ -133,7 +139,11 @@ def run(
         if progress:
             progress(result)
 
-    walk = _Walk(engine, source, result.failures, read_on)
+    def fill(items: list[tuple[str, str, str]]) -> None:
+        with engine.lock, ctrl_c_held():  # committed and counted, or neither
+            result.keyword_filled += engine.fill_keywords(items)
+
+    walk = _Walk(engine, source, result.failures, read_on, fill)
     try:
         while True:
             window = walk.next_window(limit)
@@ -147,6 +157,7 @@ def run(
             counted()
             if final:
                 break
+        walk.fill_now()
         gone = walk.orphans()
         result.removed = len(gone)
         with engine.lock:
@@ -198,9 +209,12 @@ class _Walk:
         source: Source,
         failures: list[tuple[str, str]] | None = None,
         read_on: Callable[[], None] | None = None,
+        fill: Callable[[list[tuple[str, str, str]]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.source = source
+        self._fill = fill  # writes keyword rows; None: only count them (a plan)
+        self._fills: list[tuple[str, str, str]] = []  # (key, digest, text) to write
         self._read_on = read_on  # called every READ_TICK records read
         self._ticked = 0
         self.plan = BackfillPlan(failures=[] if failures is None else failures)
@@ -223,6 +237,8 @@ class _Walk:
                 planned = self._judge(item, states.get(item[0]))
                 if planned is not None:
                     window.append(planned)
+            if len(self._fills) >= FILL_CHUNK:
+                self.fill_now()
             if self._read_on is not None and len(self.seen) - self._ticked >= READ_TICK:
                 self._ticked = len(self.seen)
                 self._read_on()
@@ -276,10 +292,20 @@ class _Walk:
             plan.stale_kind += 1  # searched by kind: the vector must follow its record
         else:
             plan.unchanged += 1
+            if not state.keyword and text is not None:
+                plan.keyword_missing += 1
+                if self._fill is not None:
+                    self._fills.append((key, digest, text))
             return None
         # Whatever is stored beside the vector survives re-embedding.
         source_id = state.source_id if state is not None else ""
         return Planned(Pending(key, record, kind, source_id, digest, text), state)
+
+    def fill_now(self) -> None:
+        """Write the keyword rows judged missing so far."""
+        if self._fills and self._fill is not None:
+            self._fill(self._fills)
+        self._fills = []
 
     def orphans(self) -> list[str]:
         """Stored vectors (as of the walk's start) whose records were not read."""

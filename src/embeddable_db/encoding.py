@@ -189,7 +189,9 @@ class Encoding:
         """``VectorRow``s for the items that could be embedded (see ``vectors``)."""
         vectors = self.vectors(pending, dim, failures, vector_of)
         rows = [
-            VectorRow(p.key, p.kind, p.source_id, vector, p.digest, self.model_id, version)
+            VectorRow(
+                p.key, p.kind, p.source_id, vector, p.digest, self.model_id, version, p.text
+            )
             for p, vector in zip(pending, vectors, strict=True)
             if vector is not None
         ]

@@ -23,7 +23,7 @@ from . import validation as check
 from .encoder import model_identity
 from .encoding import Encoding, Failure, Pending, fingerprinted, raise_first
 from .engine import Engine, engine_class
-from .errors import InvalidInputError
+from .errors import EmbeddingError, InvalidInputError
 from .handle import Handle
 from .options import StoreOptions, option_keywords
 from .owner import store_owner
@@ -64,7 +64,7 @@ class EmbeddableDBMixin:
         self._handle = Handle(options.read_only)
         self._engine: Engine = engine(
             conn, options=options, table=self.embedding_table, model_id=self.model_id,
-            owner=store_owner(type(self), EmbeddableDBMixin),
+            owner=store_owner(type(self), EmbeddableDBMixin), has_text=self._text_of() is not None,
         )
 
     # -- set-up ------------------------------------------------------------------------------
@@ -269,6 +269,27 @@ class EmbeddableDBMixin:
         top_k = check.check_top_k(top_k)
         return self.search_by_vector(self.encode_texts([text])[0], top_k, kind=kind)
 
+    def search_by_keyword(
+        self, text: Any, top_k: int = 10, *, kind: str | None = None
+    ) -> list[tuple[str, float]]:
+        """``(record_id, score)`` best first, higher is better: records whose embedded text
+        contains any of the words of ``text``, ranked by BM25 (score = -bm25). The model is
+        not called. Any text is a valid query: quotes, ``AND``/``OR``/``NOT``, ``*``, ``-``
+        and the like are searched as words, never as query syntax."""
+        top_k = check.check_top_k(top_k)
+        if kind is not None:
+            kind = check.check_kind(kind, self.embedding_kinds)
+        text = check.check_query(text)
+        self._ensure_open()
+        if self._text_of() is None:
+            name = type(self).__name__
+            raise EmbeddingError(
+                f"{name} has no text to search: keyword search needs embedding_text(record), "
+                f"and {name} implements only vector(record); implement embedding_text and run "
+                "backfill_embeddings()"
+            )
+        return self._engine.keyword_search(text, top_k, kind)
+
     # -- backfill (backfill.py) ----------------------------------------------------------------------
     def backfill_embeddings(
         self,
@@ -323,12 +344,15 @@ class EmbeddableDBMixin:
         self._engine.reload()
 
     def rebuild_index(self) -> None:
-        """Rebuild the index from the vectors in SQLite (no re-encoding) and write it."""
+        """Rebuild the index from the vectors in SQLite (no re-encoding) and write it; the
+        keyword index is made again from the text kept in SQLite."""
         self._ensure_open(write="rebuild_index()")
         self._engine.rebuild()
 
     def verify_index(self, *, repair: bool = False) -> VerifyReport:
-        """Compare SQLite, the live index and the files; with ``repair``, rebuild on problems."""
+        """Compare SQLite, the live index and the files, and the keyword index with the vectors;
+        with ``repair``, rebuild what disagrees. Vectors without a keyword row are filled by
+        ``backfill_embeddings()`` (from the records' text, without the model)."""
         self._ensure_open(write="verify_index(repair=True)" if repair else None)
         return self._engine.verify(repair=repair)
 

@@ -24,6 +24,8 @@ class BackfillResult:
     last_record_id: str | None = None  # the last one read (batches run up to 16 batches behind)
     #: The last record whose vector was committed: what an interrupted backfill really kept.
     last_committed_id: str | None = None
+    #: Records (counted unchanged) whose text was added to the keyword index without the model.
+    keyword_filled: int = 0
 
     @property
     def processed(self) -> int:
@@ -51,6 +53,7 @@ class BackfillPlan:
     failed: int = 0  #: records whose id, kind or text could not be had
     failures: list[tuple[str, str]] = field(default_factory=list)
     last_key: str | None = None  #: the last record read
+    keyword_missing: int = 0  #: unchanged records whose text is not in the keyword index
 
     @property
     def stale(self) -> int:
@@ -84,6 +87,8 @@ class VerifyReport:
     pending_changes: int
     problems: list[str] = field(default_factory=list)
     repaired: bool = False
+    #: Rows in the keyword index (None: the store has none, e.g. not migrated yet).
+    keyword_count: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -23,6 +23,9 @@ class VectorRow:
     text_hash: str
     model: str
     embedding_version: int
+    #: The text the vector was encoded from (its keyword row), None when the store's records
+    #: give ``vector()`` only: then the record has no keyword row.
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,3 +49,6 @@ class StoredState(NamedTuple):
     embedding_version: int
     source_id: str = ""  # kept when the vector is re-embedded
     kind: str = ""
+    #: Whether the vector's text is in the keyword index (a store migrated to the keyword
+    #: index has none until a backfill fills them, from the records, without the model).
+    keyword: bool = True

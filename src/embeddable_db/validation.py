@@ -233,6 +233,16 @@ def check_text(text: Any) -> str:
     return text
 
 
+def check_query(text: Any) -> str:
+    """A keyword query: a str with something besides white space (any characters)."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"a keyword query must be a str, got {_short(text)}")
+    if not text.strip():
+        raise InvalidInputError("the keyword query is empty: give the words to search for")
+    _check_unicode(text, "the keyword query")
+    return text
+
+
 def _check_unicode(value: str, what: str) -> None:
     try:
         value.encode("utf-8")

@@ -366,3 +366,39 @@ def test_writes_of_a_sigkilled_process_are_all_found_after_reopen(engine):
     b_hits = store.search_by_vector(vectors[0], top_k=59, kind="b")
     assert sorted(rid for rid, _ in b_hits) == sorted(str(i) for i in range(60) if kind[i] == "b")
     assert store.encoder.calls == 0, "reopening after the crash called the model"
+
+
+# -- keyword search ----------------------------------------------------------------------------
+def test_keyword_search_follows_the_records_through_reopen_and_a_crash(engine):
+    """The keyword index holds the text of exactly the live vectors: best first, higher is
+    better, any text a valid query; kept by backfill, reopen without derived data, a kill."""
+    records = {1: "alpha timeout", 2: "beta timeout error", 3: "gamma", 4: "an error in delta"}
+    store = engine.open(records, kinds={1: "a", 2: "a", 3: "b", 4: "b"}, encoder="hash:64")
+    store.backfill_embeddings()
+
+    def found(query, **options):
+        hits = store.search_by_keyword(query, **options)
+        scores = [score for _, score in hits]
+        assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores), hits
+        return [rid for rid, _ in hits]
+
+    assert found("timeout error")[0] == "2"
+    assert set(found("timeout error")) == {"1", "2", "4"}
+    assert found("error", kind="b") == ["4"]
+    assert found('"alpha" AND (NOT x) -y* col:z') == ["1"]  # words, never query syntax
+    engine.put_records({3: "gamma timeout"}, kinds={3: "b"})
+    engine.delete_records([1])
+    store.backfill_embeddings()
+    assert set(found("timeout")) == {"2", "3"} and found("alpha") == []
+    calls = store.encoder.calls
+    store = engine.reopen(store, discard_derived=True)
+    assert set(found("timeout")) == {"2", "3"}
+    assert store.verify_index().ok and store.encoder.calls == calls
+    engine.close(store)
+
+    store = engine.crash_and_reopen(
+        [("add", 10, "zeta timeout", "a"), ("remove", 2)], encoder="hash:64"
+    )
+    assert set(found("timeout")) == {"3", "10"}
+    report = store.verify_index()
+    assert report.ok and not report.repaired, report.problems

@@ -17,10 +17,10 @@ DIM = 8
 
 
 def row(record_id, vector=None, *, kind="note", source_id="", text_hash="h", model="m",
-        version=1, seed=0):
+        version=1, seed=0, text=None):
     if vector is None:
         vector = unit_vectors(1, DIM, seed=seed)[0]
-    return VectorRow(record_id, kind, source_id, vector, text_hash, model, version)
+    return VectorRow(record_id, kind, source_id, vector, text_hash, model, version, text)
 
 
 @pytest.fixture
@@ -160,12 +160,13 @@ def test_states_say_what_each_live_vector_was_made_from(store):
         row("a", text_hash="ha", model="m", version=2, source_id="src-1"),
         row("b", text_hash="hb", model="other", version=7),
     ])
-    store.upsert([row("a", text_hash="ha2", model="m", version=3, source_id="src-2")])
-    store.upsert([row("gone")])
+    store.upsert([row("a", text_hash="ha2", model="m", version=3, source_id="src-2",
+                      text="the text")])
+    store.upsert([row("gone", text="gone soon")])
     store.remove(["gone"])
     assert store.states_of(["a", "b", "gone", "never"]) == {
-        "a": StoredState("ha2", "m", 3, "src-2", "note"),
-        "b": StoredState("hb", "other", 7, "", "note"),
+        "a": StoredState("ha2", "m", 3, "src-2", "note", keyword=True),
+        "b": StoredState("hb", "other", 7, "", "note", keyword=False),  # written without text
     }
     many = [f"k{i}" for i in range(1_200)]  # past one chunk of the IN lists
     store.upsert([row(key) for key in many])

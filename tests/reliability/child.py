@@ -9,6 +9,8 @@ Modes:
 - ``interrupt DB``: a slowed backfill that reports the result of Ctrl-C as JSON;
 - ``bulk DB BATCH DELAY``: a backfill at the benchmarks' shape (``hash:384``, default Annoy),
   each model call slowed by DELAY seconds, to be killed once SQLite shows enough progress.
+- ``fill DB MARKS``: a backfill of a migrated store that only fills keyword rows, 10 per
+  committed write, slowed (F/f marks each write).
 
 MARKS is a file the child appends one letter to on entering (upper case) and leaving (lower
 case) an index save (W/w) or a backfill batch (B/b), so the parent knows where a kill landed.
@@ -162,7 +164,35 @@ def bulk(db_path: str, batch: str, delay: str) -> None:
     db.shut()
 
 
+def fill(db_path: str, marks: str) -> None:
+    from embeddable_db.engine.sqlite import SQLiteEngine
+
+    backfill_module.FILL_CHUNK = 10
+    fill_keywords = SQLiteEngine.fill_keywords
+
+    def slowed(self, items):
+        time.sleep(0.01)
+        return fill_keywords(self, items)
+
+    SQLiteEngine.fill_keywords = slowed
+    fd = os.open(marks, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    marked = SQLiteEngine.fill_keywords
+
+    def marking(self, items):
+        os.write(fd, b"F")
+        written = marked(self, items)
+        os.write(fd, b"f")
+        return written
+
+    SQLiteEngine.fill_keywords = marking
+    db = Notes(db_path)
+    print("ready", flush=True)
+    db.backfill_embeddings(batch_size=10)
+    print("done", flush=True)
+    db.shut()
+
+
 if __name__ == "__main__":
     mode, *arguments = sys.argv[1:]
     {"backfill": backfill, "saver": saver, "writer": writer, "reader": reader,
-     "interrupt": interrupt, "bulk": bulk}[mode](*arguments)
+     "interrupt": interrupt, "bulk": bulk, "fill": fill}[mode](*arguments)

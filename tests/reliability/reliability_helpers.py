@@ -7,6 +7,7 @@ imports torch, and on real SQLite files in the test's temporary folder.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import random
 import sqlite3
@@ -28,7 +29,12 @@ faiss.omp_set_num_threads(1)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/conftest.py holds the snapshot helpers
-from conftest import NotesDB, file_bytes, sqlite_dump  # noqa: E402,F401 - re-exported to the tests
+from conftest import (  # noqa: E402,F401 - re-exported to the tests
+    NotesDB,
+    as_before_keywords,
+    file_bytes,
+    sqlite_dump,
+)
 
 CHILD = str(HERE / "child.py")
 DIM = 32
@@ -97,6 +103,37 @@ def live_vectors(path, table: str = "embeddings") -> dict[str, bytes]:
     ids = [r[0] for r in rows]
     assert len(ids) == len(set(ids)), "a record has more than one live vector"
     return dict(rows)
+
+
+def keyword_disagreement(path, *, complete: bool = True, table: str = "embeddings") -> list[str]:
+    """How the keyword index disagrees with the vectors, read straight from SQLite: rows of
+    vectors that are gone, text that is not what the vector was made from (by its hash), an
+    FTS5 index that does not match its text, and (``complete``) live vectors without a row."""
+    conn = sqlite3.connect(str(path), timeout=60)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (f"{table}_text",)
+                            ).fetchone():
+            return ["no keyword tables"]
+        live = dict(conn.execute(f"SELECT label, text_hash FROM {table} WHERE deleted = 0"))
+        texts = dict(conn.execute(f"SELECT label, text FROM {table}_text"))
+        problems = []
+        if texts.keys() - live.keys():
+            problems.append(f"{len(texts.keys() - live.keys())} keyword rows of removed vectors")
+        if complete and live.keys() - texts.keys():
+            problems.append(f"{len(live.keys() - texts.keys())} vectors without a keyword row")
+        stale = [label for label, text in texts.items() if label in live
+                 and hashlib.sha256(text.encode()).hexdigest() != live[label]]
+        if stale:
+            problems.append(f"{len(stale)} keyword rows of another text")
+        try:
+            with conn:
+                conn.execute(f"INSERT INTO {table}_fts({table}_fts, rank) "
+                             "VALUES ('integrity-check', 1)")
+        except sqlite3.DatabaseError as exc:
+            problems.append(f"FTS5 integrity-check: {exc}")
+        return problems
+    finally:
+        conn.close()
 
 
 def assert_searchable(db, ids=None, texts: dict | None = None) -> None:

@@ -8,7 +8,9 @@ one more class with these methods, proved by one more parameter of the conforman
 (``tests/conformance``).
 
 Record keys are strings; vectors are float32 numpy arrays; ``StoredState`` is what backfill
-compares to decide staleness. Nothing here imports the mixin.
+compares to decide staleness. Beside each vector an engine keeps the text it was made from in
+a keyword index (``keyword_search``), written and removed in the same transaction; ``verify``
+reports where the two disagree and ``rebuild`` repairs it. Nothing here imports the mixin.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ class Engine(Protocol):
     def set_version(self, keys: list[str], version: int) -> set[str]:
         """Mark vectors as made for ``version``; returns the keys that had one."""
 
+    def fill_keywords(self, items: list[tuple[str, str, str]]) -> int:
+        """Keyword rows for ``(key, text hash, text)`` whose vector was made from that text
+        but has none (a migrated store); others are skipped. Returns how many were written."""
+
     # -- reads -----------------------------------------------------------------------------------
     def states_of(self, keys: list[str]) -> dict[str, StoredState]:
         """What the vectors of these keys were made from (keys without a vector are absent)."""
@@ -81,6 +87,10 @@ class Engine(Protocol):
 
     def search(self, query: Any, top_k: int, kind: str | None) -> list[tuple[str, float]]:
         """``(key, 1 - cosine)`` best first; with ``kind``, still ``top_k`` when that many."""
+
+    def keyword_search(self, text: str, top_k: int, kind: str | None) -> list[tuple[str, float]]:
+        """``(key, score)`` best first, higher is better: the records whose embedded text has
+        any of the words of ``text`` (any text is a valid query; never SQL or query syntax)."""
 
     # -- upkeep ----------------------------------------------------------------------------------
     def flush(self) -> None: ...

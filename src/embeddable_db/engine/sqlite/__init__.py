@@ -1,13 +1,17 @@
 """The SQLite engine: vectors in the application's own SQLite file, searched in memory.
 
-Three parts, each owning its state, orchestrated here:
+Its parts, each owning its state, orchestrated here:
 
 - ``EmbeddingStore`` (store.py): the embeddings table, the source of truth;
 - ``LiveView`` (live_view.py): the live index (backend + exact delta), kept current from SQLite
   by change sequence numbers, so other processes' writes show up in every search;
 - ``IndexFiles`` (index_files.py): the backend index and its JSON manifest on disk, a cache
   written atomically under a file lock at flush points, verified on open and rebuilt from
-  SQLite when missing, stale or damaged.
+  SQLite when missing, stale or damaged;
+- the keyword index (keywords.py, reached through the store): each vector's text and an FTS5
+  index over it, in SQLite, written with the vector. ``verify`` compares it with the vectors
+  (on a writable store it also runs FTS5's own integrity-check, a write statement that takes
+  SQLite's write lock for the time it reads the index) and ``rebuild`` makes it again.
 
 Opening changes no file but to repair this model's own cache: a writable open writes the index
 again when its files are missing, damaged, stale or far behind SQLite (they are derived data,
@@ -60,11 +64,13 @@ class SQLiteEngine:
 
     def __init__(
         self, conn: sqlite3.Connection, *, options: StoreOptions, table: str, model_id: str,
-        owner: str,
+        owner: str, has_text: bool = True,
     ) -> None:
         """``options`` are located (their paths resolved); a foreign file, another class's
-        table or another model's vectors are refused before anything is written."""
+        table or another model's vectors are refused before anything is written.
+        ``has_text``: the store embeds text, so every vector should have a keyword row."""
         self.conn = conn
+        self.has_text = has_text
         self.lock = threading.RLock()
         self.model_id = model_id
         self.read_only = read_only = options.read_only
@@ -154,6 +160,13 @@ class SQLiteEngine:
             self._wrote()
         return changed
 
+    def fill_keywords(self, items: list[tuple[str, str, str]]) -> int:
+        with self.lock:
+            if not items:
+                return 0
+            with self.store.write():
+                return self.store.keywords.fill(items)
+
     def _wrote(self, compact_over: float | None = None) -> None:
         """After a write: the view follows once it is committed, compacting if need be."""
         self.view.wrote()
@@ -196,6 +209,16 @@ class SQLiteEngine:
             self._refresh()
             vector = check.check_vector(query, self.dim, self.model_id)
             return self.view.live.search(vector, top_k, kind)
+
+    def keyword_search(self, text: str, top_k: int, kind: str | None) -> list[tuple[str, float]]:
+        with self.lock:
+            if not self.store.keywords.ready and not self.store.keywords.empty:
+                raise EmbeddingError(
+                    f"{self.database} has no keyword index yet (it was made by an older "
+                    "embeddable_db): open it once without read_only=True to add one, then run "
+                    "backfill_embeddings() to fill it (the model is not called)"
+                )
+            return self.store.keywords.search(text, top_k, kind)
 
     # -- keeping the live view current -------------------------------------------------------------
     def _refresh(self) -> None:
@@ -268,24 +291,44 @@ class SQLiteEngine:
             self._refuse_in_transaction("load_index()")
             self.view.live = self._open_live()
 
-    def rebuild(self) -> None:
+    def rebuild(self, *, vectors: bool = True, keywords: bool = True) -> None:
+        """The index files from the vectors, and the keyword index from the stored text."""
         with self.lock:
             self._refuse_in_transaction("rebuild_index()")
-            with self._locked_files():
-                self.view.live = self.view.rebuild()
-                self._write_files()
+            if keywords and not self.read_only:
+                with self.store.write():
+                    self.store.keywords.rebuild()
+            if vectors:
+                with self._locked_files():
+                    self.view.live = self.view.rebuild()
+                    self._write_files()
 
     def verify(self, *, repair: bool = False) -> VerifyReport:
+        """``verify_store``'s comparison of the vectors, then the keyword index against them;
+        with ``repair``, only the part that disagrees is rebuilt."""
         with self.lock:
             if self.view.uncommitted:  # what SQLite shows in the transaction is not yet true
                 self._refuse_in_transaction("verify_index()")
             self.view.sync()
-            report = verify_store(self.view, self.files, self.read_only)
+            report, keyword_problems = self._verify()
             if repair and not report.ok:
-                self.rebuild()
-                report = verify_store(self.view, self.files, self.read_only)
+                vectors = len(report.problems) > len(keyword_problems)
+                self.rebuild(vectors=vectors, keywords=bool(keyword_problems))
+                report, _ = self._verify()
                 report.repaired = True
         return report
+
+    def _verify(self) -> tuple[VerifyReport, list[str]]:
+        report = verify_store(self.view, self.files, self.read_only)
+        keywords = self.store.keywords
+        with self.view.snapshot():
+            report.keyword_count, problems = keywords.problems(self.has_text)
+        if report.keyword_count is not None and not self.read_only and not self.conn.in_transaction:
+            damage = keywords.check_index()  # FTS5's own check is a write statement
+            if damage:
+                problems.append(damage)
+        report.problems += problems
+        return report, problems
 
     def close(self) -> None:
         """Flush unless the next open can replay the changes more cheaply (``_can_defer_flush``).

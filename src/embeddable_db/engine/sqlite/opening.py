@@ -22,6 +22,7 @@ except ImportError:  # not on Windows: read-only stores read without the lock th
 import numpy as np
 
 from ...handle import sqlite_error
+from . import schema
 from .store import EmbeddingStore
 
 
@@ -45,6 +46,7 @@ def open_store(
         ).fetchone()[0]
         if found == 2:
             store.check_owner()
+            schema.opened_read_only(store)
     except sqlite3.OperationalError as exc:
         raise sqlite_error(name, exc) from exc
     return store if found == 2 else EmptyStore(conn, table)
@@ -127,6 +129,10 @@ class EmptyStore(EmbeddingStore):
     vectors (a read-only open must not create the table; reopen to see one made since)."""
 
     store_id = None  # type: ignore[assignment]
+
+    def __init__(self, conn: sqlite3.Connection, table: str) -> None:
+        super().__init__(conn, table)
+        self.keywords.empty = True  # keyword search finds nothing
 
     def meta(self, key: str) -> str | None:
         return None

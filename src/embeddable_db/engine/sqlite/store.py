@@ -7,6 +7,9 @@ they contain, so any process can bring an index up to date by reading only the r
 since (``changes_since``) instead of rebuilding. Removals are soft (``deleted = 1``, vector
 dropped) so that they also carry a ``seq`` and reach every process's index.
 
+Each vector's text is kept beside it, in the keyword index (``keywords.py``), written and
+removed in the same transaction; ``schema.py`` creates the tables and migrates older stores.
+
 The meta table also records the table's ``owner`` (see ``owner.py``): the name of the store
 class whose vectors it holds, written with the schema, or by the first write of a store made
 before owners were recorded (opening writes nothing), and checked on open and on that write.
@@ -17,7 +20,6 @@ from __future__ import annotations
 import operator
 import re
 import sqlite3
-import uuid
 from collections.abc import Container, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -26,6 +28,8 @@ import numpy as np
 
 from ...errors import StoreConflictError
 from ...rows import Change, StoredState, VectorRow
+from . import schema
+from .keywords import KeywordIndex
 from .transaction import atomic
 
 __all__ = ["Change", "EmbeddingStore", "StoredState", "VectorRow", "atomic"]
@@ -37,7 +41,7 @@ _REST = operator.itemgetter(slice(1, None))
 _MAKE_STATE = StoredState._make
 _STATE = (
     "record_id, COALESCE(text_hash, ''), COALESCE(model, ''), COALESCE(embedding_version, 0), "
-    "source_id, kind"
+    "source_id, kind, "
 )
 
 
@@ -75,10 +79,12 @@ class EmbeddingStore:
         self.owner = owner
         self._owner_recorded = owner is None  # None: a caller that checks no owner
         self._version_cursor = conn.cursor()  # reused: asked before every search
+        self.keywords = KeywordIndex(conn, table)
 
     # -- schema and store identity ------------------------------------------------------
     def ensure_schema(self) -> None:
-        """Create the tables once; WAL and a busy timeout let several processes share the file."""
+        """Create the tables once, or migrate them (``schema.py``); WAL and a busy timeout let
+        several processes share the file."""
         conn = self.conn
         conn.execute("PRAGMA busy_timeout = 30000")
         if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
@@ -92,37 +98,11 @@ class EmbeddingStore:
             recorded = self.meta("owner")
             self._check_owner(recorded)
             self._owner_recorded = self._owner_recorded or recorded is not None
+            schema.upgrade(self)
             return
         self._owner_recorded = True  # recorded below, with the schema
         with self.write():
-            conn.execute(
-                f"""CREATE TABLE IF NOT EXISTS {self.table} (
-                    label INTEGER PRIMARY KEY,
-                    record_id TEXT NOT NULL UNIQUE,
-                    kind TEXT NOT NULL,
-                    source_id TEXT NOT NULL DEFAULT '',
-                    vector BLOB,
-                    dim INTEGER,
-                    model TEXT,
-                    text_hash TEXT,
-                    embedding_version INTEGER,
-                    created_at TEXT NOT NULL,
-                    updated_at TEXT NOT NULL,
-                    seq INTEGER NOT NULL,
-                    deleted INTEGER NOT NULL DEFAULT 0
-                )"""
-            )
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_seq ON {self.table}(seq)")
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.meta_table} "
-                "(key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-            )
-            meta = [("store_id", uuid.uuid4().hex), ("seq", "0"), ("created_at", utc_now())]
-            if self.owner is not None:
-                meta.append(("owner", self.owner))
-            conn.executemany(
-                f"INSERT OR IGNORE INTO {self.meta_table}(key, value) VALUES (?, ?)", meta
-            )
+            schema.create(self, utc_now())
             self._check_owner(self.meta("owner"))  # another class may have created it first
 
     def meta(self, key: str) -> str | None:
@@ -198,7 +178,7 @@ class EmbeddingStore:
 
     # -- writes ------------------------------------------------------------------------------
     def upsert(self, rows: list[VectorRow]) -> None:
-        """Insert or replace vectors; a record keeps its label across updates."""
+        """Insert or replace vectors, and their keyword rows; a record keeps its label."""
         if not rows:
             return
         now = utc_now()
@@ -233,13 +213,14 @@ class EmbeddingStore:
                     for i, r in enumerate(rows)
                 ],
             )
+            self.keywords.write({r.record_id: r.text for r in rows})
             model, dim = self.identity()
             if model != rows[-1].model or dim != rows[-1].vector.shape[0]:
                 self.set_meta("model", rows[-1].model)
                 self.set_meta("dim", str(int(rows[-1].vector.shape[0])))
 
     def remove(self, record_ids: Iterable[str]) -> set[str]:
-        """Soft-delete vectors; returns the ids that had one."""
+        """Soft-delete vectors and their keyword rows; returns the ids that had one."""
         ids = list(dict.fromkeys(record_ids))
         if not ids:
             return set()
@@ -254,6 +235,7 @@ class EmbeddingStore:
                     "seq = ? WHERE record_id = ?",
                     [(now, first + i, rid) for i, rid in enumerate(present)],
                 )
+                self.keywords.remove(present)
                 removed.update(present)
         return removed
 
@@ -354,9 +336,10 @@ class EmbeddingStore:
     def states_of(self, record_ids: list[str]) -> dict[str, StoredState]:
         """record_id -> what its vector was made from, for those of these that have one."""
         found: dict[str, StoredState] = {}
+        keyword, join = self.keywords.state_sql()
         for chunk, marks in _chunks(record_ids):
             found.update(self._states(
-                f"SELECT {_STATE} FROM {self.table} "
+                f"SELECT {_STATE}{keyword} FROM {self.table} e {join} "
                 f"WHERE deleted = 0 AND record_id IN ({marks})", chunk,
             ))
         return found

@@ -33,9 +33,8 @@ from common import (
     vectors_100k,
 )
 
-from embeddable_db.backends.annoy import DEFAULT_SEARCH_K, DEFAULT_TREES
+from embeddable_db.backends.annoy import DEFAULT_TREES
 from embeddable_db.backends.annoy import exact_top_k as numpy_scan
-from embeddable_db.backends.faiss import FaissVectorIndex
 
 ANNOY_TREES = sorted({10, 25, DEFAULT_TREES})  # the default, and fewer (cheaper rebuilds)
 SEARCH_KS = (0, 5_000, 10_000, 20_000, 40_000)  # 0: Annoy's own default, n_trees * k
@@ -101,12 +100,14 @@ def direct(store, backend: str):
     """The library called directly on the very index object the store searches, with the store's
     settings: only the layers in between differ. (Two copies of one 150 MB index loaded apart
     can scan 30% apart in speed, by where they landed in memory.)"""
-    index = store._engine.view.live.backend._index
-    if backend == "annoy":
-        search_k = max(DEFAULT_SEARCH_K, TOP_K * DEFAULT_TREES)
-        return lambda q: index.get_nns_by_vector(q, TOP_K, search_k=search_k, include_distances=True)
+    live = store._engine.view.live.backend
+    index = live._index
+    if backend == "annoy":  # the store passes Annoy the query as a list, and so does this
+        search_k = max(live.effective_search_k, TOP_K * DEFAULT_TREES)
+        return lambda q: index.get_nns_by_vector(
+            q.tolist(), TOP_K, search_k=search_k, include_distances=True)
     if backend == "hnsw":
-        faiss.downcast_index(index.index).hnsw.efSearch = FaissVectorIndex(2, index_type="hnsw").ef_search
+        faiss.downcast_index(index.index).hnsw.efSearch = live.effective_ef_search
     return lambda q: index.search(q[None], TOP_K)
 
 

@@ -27,6 +27,7 @@ SCRIPTS = (
 SCALE_SCRIPTS = (
     "bench_crossover.py",
     "bench_scale_backfill.py",
+    "bench_scale_search.py",
     "bench_scale_crash.py",
 )
 

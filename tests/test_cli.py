@@ -254,6 +254,23 @@ def test_stats_counts_what_backfill_would_do_per_reason(data_dir):
     )
 
 
+def test_stats_points_a_large_annoy_store_at_hnsw(data_dir, monkeypatch, capsys):
+    """From HNSW_HINT_FROM vectors an Annoy store gets one line naming the faster backend; run
+    in-process with the threshold lowered (the real one takes 50,000 records)."""
+    from embeddable_db.cli import commands, main
+
+    assert cli("backfill", "--db", "bot", "workflow", "--data-dir", data_dir, *HASH).returncode == 0
+    assert "hnsw" not in cli("stats", "--data-dir", data_dir, *HASH).stdout
+    monkeypatch.setattr(commands, "HNSW_HINT_FROM", 3)
+    assert main(["stats", "--db", "bot", "workflow", "--data-dir", str(data_dir), *HASH]) == 0
+    hints = [line for line in capsys.readouterr().out.splitlines() if "hnsw" in line]
+    assert hints == ["bot: 3 vectors: backend='faiss', index_type='hnsw' searches ~10x faster here"]
+    assert cli("rebuild", "--db", "bot", "--backend", "faiss", "--data-dir", data_dir,
+               *HASH).returncode == 0
+    assert main(["stats", "--db", "bot", "--data-dir", str(data_dir), *HASH]) == 0
+    assert "hnsw" not in capsys.readouterr().out  # already on FAISS
+
+
 @pytest.mark.model
 def test_documented_command_as_written(tmp_path):
     """The seed's exact command, default model and data directory, from a fresh process."""

@@ -253,7 +253,7 @@ class RecordsStore(EmbeddableDBMixin):
 
 class SqliteEngine(EngineFactory):
     """Today's engine, over each ANN backend. Annoy answers by an exact numpy scan while the
-    index holds at most ``exact_below`` = 64,000 vectors (backends/annoy.py), far above any
+    index holds at most ``exact_below`` = 50,000 vectors (backends/annoy.py), far above any
     store here; FAISS flat is exact at every size; FAISS HNSW is approximate at every size
     (only vectors still in the exact delta are scanned exactly)."""
 

@@ -1,22 +1,32 @@
 """Annoy: a forest of random-projection trees in one mmap-able file; immutable once built.
 
-Defaults and why (from ``benchmarks/bench_search.py`` on 100k sentence vectors):
-- ``search_k=20_000``: Annoy's default ``search_k`` (``n_trees * k``) gives poor recall (0.43
-  with 10 trees; 0.29 on 88k real vectors); a fixed 20,000 gives recall@10 0.97 for ~4 ms.
-  10,000 would read 0.93 here, too close to 0.90 on harder real data.
-- ``n_trees=10``: at a fixed ``search_k`` more trees barely help (50 trees: 0.98 vs 0.97) but
-  build 4-5x slower and make a larger file.
-- ``exact_below=64_000``: under that size a numpy scan is faster than the trees, and exact,
-  so small stores give the same answers as FAISS flat. Measured by ``bench_crossover.py``
-  (real vectors, p50 over 500 queries, 2026-12-02): exact 0.67 / 1.25 / 2.02 / 3.49 / 5.33 ms
-  against Annoy 1.57 / 1.98 / 2.48 / 2.90 / 3.00 ms at 20k / 40k / 60k / 80k / 100k; the
-  curves cross near 69k. (It was 20,000: a 21k-record store searched in 3.4 ms instead of 0.7.)
+Defaults and why: real all-MiniLM-L6-v2 vectors with noisy copies, 500 held-out real queries,
+p50 through the store (``benchmarks/bench_scale_search.py``, ``bench_crossover.py``, 2026-12-02):
+- ``search_k`` by size (``default_search_k``): 14,000 up to 100k items, 25,000 at 1M. A search
+  costs ~0.2 us per unit of search_k (a 1.5 KB node fetched at random per candidate), and recall
+  at a fixed search_k falls as the index grows. At 100k, search_k 8,400 / 11,200 / 14,000 /
+  17,500 / 22,400: 1.70 / 2.19 / 2.66 / 3.14 / 3.96 ms at recall@10 0.921 / 0.940 / 0.957 /
+  0.966 / 0.976; 14,000 is the least that keeps 0.95 (the fixed 20,000 before: 3.4 ms). At 1M,
+  12,000 / 16,000 / 20,000 / 25,000 / 32,000: 3.2 / 4.4 / 4.9 / 5.8 / 7.6 ms at 0.872 / 0.889 /
+  0.896 / 0.911 / 0.928; 25,000 is the least that keeps 0.90. Annoy's own default (n_trees * k)
+  reads 0.43.
+- ``n_trees=10``: at 100k and search_k 9,000, 10 / 20 / 30 trees read 0.925 / 0.949 / 0.951 at
+  1.91 / 1.83 / 1.77 ms: even 30 trees miss 1.7 ms at 0.95, each 10 trees add 8% of the raw
+  vectors to the file (1M: 2.52x to 2.60x on disk) and a 10-tree build's time, and a new default would
+  rebuild every existing store's index at its next open (read-only opens: every time, in memory).
+- ``exact_below=50_000``: under that size a numpy scan is faster than the trees, and exact, so
+  small stores give the same answers as FAISS flat. Exact scan / Annoy p50, side by side, at
+  20k / 40k / 50k / 60k / 80k / 100k: 0.70 / 1.99 / 2.34 / 2.91 / 4.19 / 5.49 ms against
+  1.77 / 2.28 / 2.32 / 2.43 / 2.70 / 2.81 ms; they cross at 50k. (64,000 with search_k 20,000.)
+- Loading with ``prefault=True`` changed nothing (p50 1.55 vs 1.54 ms at 100k): the pages are
+  cached; the cost is the random node fetches.
 Items are stored at dense positions 0..n-1 (Annoy allocates up to the largest id), mapped to
 labels by the ascending label list the caller keeps in the metadata.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -26,13 +36,23 @@ from . import VectorIndex, bounded_int
 from .exact import exact_top_k
 
 DEFAULT_TREES = 10
-DEFAULT_SEARCH_K = 20_000
-DEFAULT_EXACT_BELOW = 64_000
+#: search_k at 100k and at 1M items (see the module docstring); log-log between and past them.
+SEARCH_K_100K, SEARCH_K_1M = 14_000, 25_000
+DEFAULT_EXACT_BELOW = 50_000
 # Bounds checked at construction: 1,000 trees build ~100x slower than the default and a
 # search_k past 10**8 reads more nodes than any index of this size holds (Annoy takes a C int).
 MAX_TREES = 1_000
 MAX_SEARCH_K = 100_000_000
 MAX_EXACT_BELOW = 100_000_000
+
+
+def default_search_k(n: int) -> int:
+    """``search_k`` for an index of ``n`` items: recall at a fixed search_k falls as n grows,
+    so it grows past 100k items, as a power of n through the two measured points."""
+    if n <= 100_000:
+        return SEARCH_K_100K
+    growth = math.log10(SEARCH_K_1M / SEARCH_K_100K)
+    return round(SEARCH_K_100K * (n / 100_000) ** growth)
 
 
 class AnnoyVectorIndex(VectorIndex):
@@ -43,7 +63,7 @@ class AnnoyVectorIndex(VectorIndex):
         dim: int,
         *,
         n_trees: int = DEFAULT_TREES,
-        search_k: int = DEFAULT_SEARCH_K,
+        search_k: int | None = None,
         exact_below: int = DEFAULT_EXACT_BELOW,
     ) -> None:
         super().__init__(dim)
@@ -51,7 +71,11 @@ class AnnoyVectorIndex(VectorIndex):
         # test process OOM-killed), answers nothing with zero trees, took minutes to build
         # 10**5 trees and overflowed a C int at the first save with 2**31.
         self.n_trees = bounded_int("n_trees", n_trees, 1, MAX_TREES)
-        self.search_k = bounded_int("search_k", search_k, 1, MAX_SEARCH_K)
+        # None: by the index's size (default_search_k), set at each build and load.
+        self.search_k = None if search_k is None else bounded_int(
+            "search_k", search_k, 1, MAX_SEARCH_K
+        )
+        self.effective_search_k = self.search_k or SEARCH_K_100K
         self.exact_below = bounded_int("exact_below", exact_below, 0, MAX_EXACT_BELOW)
         self._index: AnnoyIndex | None = None
         self._path: str | None = None  # the file loaded, for stored_items
@@ -84,8 +108,7 @@ class AnnoyVectorIndex(VectorIndex):
         index.build(self.n_trees, n_jobs=-1)
         self._index = index
         self._path = None
-        self._labels = np.asarray(labels, np.int64)
-        self._matrix = None
+        self._use(labels)
         if exact:
             self._matrix = np.concatenate(kept) if kept else np.empty((0, self.dim), np.float32)
 
@@ -102,10 +125,14 @@ class AnnoyVectorIndex(VectorIndex):
             )
         self._index = index
         self._path = path
-        self._labels = np.asarray(labels, np.int64)
-        self._matrix = None
+        self._use(labels)
         if len(labels) <= self.exact_below:  # read in one go, never item by item (issue 12)
             self._matrix = np.array(self.stored_items()[1], np.float32)
+
+    def _use(self, labels: np.ndarray) -> None:
+        self._labels = np.asarray(labels, np.int64)
+        self._matrix = None
+        self.effective_search_k = self.search_k or default_search_k(len(labels))
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._index is None or k <= 0 or len(self._labels) == 0:
@@ -113,9 +140,10 @@ class AnnoyVectorIndex(VectorIndex):
         if self._matrix is not None:
             positions, distances = exact_top_k(self._matrix, query, k)
             return self._labels[positions], distances
-        search_k = max(self.search_k, k * self.n_trees)
+        search_k = max(self.effective_search_k, k * self.n_trees)
+        # A list: Annoy reads a numpy query element by element, ~20 us slower a search.
         positions, angular = self._index.get_nns_by_vector(
-            query, k, search_k=search_k, include_distances=True
+            np.asarray(query, np.float32).tolist(), k, search_k=search_k, include_distances=True
         )
         angular = np.asarray(angular, np.float32)
         # Annoy's angular distance is sqrt(2 - 2 cos) on unit vectors: 1 - cos = d^2 / 2.

@@ -3,8 +3,17 @@
 ``index_type="flat"`` (default) is exact and adds and removes by id. ``"hnsw"`` is a graph
 index: fast approximate search, adds in place, but FAISS cannot remove from it, so changed and
 removed vectors are tombstoned by the caller and the graph is rebuilt when they pile up.
-HNSW defaults ``M=32``, ``efConstruction=80``, ``efSearch=64``: recall@10 about 0.98 at
-well under a millisecond on 100k real sentence vectors.
+HNSW defaults ``M=32``, ``efConstruction=80`` and ``efSearch`` by size (``default_ef_search``:
+64 up to 100k vectors, 512 at 1M). Measured through the store on real sentence vectors with
+noisy copies (``benchmarks/bench_scale_search.py``, 2026-12-02): at 100k, efSearch 32 / 64 /
+128: recall@10 0.951 / 0.976 / 0.994 at 0.13 / 0.18 / 0.28 ms. At 1M (bare FAISS, one thread),
+efSearch 64 / 128 / 256 / 512 / 1024 read 0.603 / 0.688 / 0.784 / 0.872 / 0.921 at 0.11 / 0.20 /
+0.36 / 0.67 / 1.37 ms: this set holds 62 noisy copies of each real vector, and the graph
+links them poorly. ``ef_construction=200`` fixes that (0.786 / 0.865 / 0.934 / 0.963 / 0.976 at
+0.14 / 0.23 / 0.39 / 0.73 / 1.60 ms: 0.95 under 1 ms at efSearch 512) but builds 2.7x slower
+(81 s vs 220 s at 1M) and, as a default, would rebuild every HNSW store at its next open, so it
+is an option (``index_options={"ef_construction": 200}``); 128 is not enough (0.940 at 512),
+nor is M=48 (0.951 at 0.92 ms, a larger file).
 
 Files are memory-mapped at open (``IO_FLAG_MMAP_IFC``), not read: a fresh process answers its
 first search from a 100k-vector store in ~0.4 s instead of ~0.5 s, and processes share the
@@ -15,6 +24,7 @@ HNSW index is copied into memory at its first add.
 
 from __future__ import annotations
 
+import math
 import os
 
 import faiss
@@ -34,6 +44,17 @@ INDEX_TYPES = ("flat", "hnsw")
 # costs 2 KiB a vector), and an ef past 10,000 searches more of the graph than a flat scan.
 MAX_HNSW_M = 256
 MAX_EF = 10_000
+#: efSearch up to 100k vectors and at 1M (see the module docstring); a power of n between and past.
+EF_SEARCH_100K, EF_SEARCH_1M = 64, 512
+
+
+def default_ef_search(n: int) -> int:
+    """efSearch for an HNSW graph of ``n`` vectors: recall at a fixed efSearch falls as the graph
+    grows, so it grows past 100k vectors, as a power of n through the two measured points."""
+    if n <= 100_000:
+        return EF_SEARCH_100K
+    growth = math.log10(EF_SEARCH_1M / EF_SEARCH_100K)
+    return min(MAX_EF, round(EF_SEARCH_100K * (n / 100_000) ** growth))
 
 
 class FaissVectorIndex(VectorIndex):
@@ -46,7 +67,7 @@ class FaissVectorIndex(VectorIndex):
         index_type: str = "flat",
         hnsw_m: int = 32,
         ef_construction: int = 80,
-        ef_search: int = 64,
+        ef_search: int | None = None,
     ) -> None:
         super().__init__(dim)
         if index_type not in INDEX_TYPES:
@@ -54,7 +75,8 @@ class FaissVectorIndex(VectorIndex):
         self.index_type = index_type
         self.hnsw_m = bounded_int("hnsw_m", hnsw_m, 2, MAX_HNSW_M)
         self.ef_construction = bounded_int("ef_construction", ef_construction, 1, MAX_EF)
-        self.ef_search = bounded_int("ef_search", ef_search, 1, MAX_EF)
+        # None: by the index's size (default_ef_search), as recall at a fixed efSearch falls.
+        self.ef_search = None if ef_search is None else bounded_int("ef_search", ef_search, 1, MAX_EF)
         self._use(self._new())
 
     @property
@@ -73,6 +95,11 @@ class FaissVectorIndex(VectorIndex):
     def exact(self) -> bool:
         return self.index_type == "flat"
 
+    @property
+    def effective_ef_search(self) -> int:
+        """The efSearch a search uses now: the caller's, else by the index's size."""
+        return self.ef_search or default_ef_search(self._count)
+
     def params(self) -> dict:
         if self.index_type == "flat":
             return {"index_type": "flat"}
@@ -84,7 +111,7 @@ class FaissVectorIndex(VectorIndex):
         else:
             inner = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             inner.hnsw.efConstruction = self.ef_construction
-            inner.hnsw.efSearch = self.ef_search
+            inner.hnsw.efSearch = self.ef_search or EF_SEARCH_100K  # each search sets its own
         return faiss.IndexIDMap2(inner)
 
     def _use(self, index: faiss.Index, *, mapped: bool = False) -> None:
@@ -133,7 +160,7 @@ class FaissVectorIndex(VectorIndex):
         if k <= 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         if self._hnsw is not None:
-            ef = max(self.ef_search, k)
+            ef = max(self.effective_ef_search, k)
             if ef != self._ef:  # set only when it changes: the SWIG call costs more than a search
                 self._hnsw.efSearch = self._ef = ef
         query = np.asarray(query, np.float32).reshape(1, -1)

@@ -40,21 +40,8 @@ QUERIES = {
 
 
 def _store_class():
-    from embeddable_db import EmbeddableDBMixin
-
-    class Notes(EmbeddableDBMixin):
-        def __init__(self, path, **options):
-            self.conn = sqlite3.connect(path)
-            self.conn.execute("CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT)")
-            self.conn.commit()
-            super().__init__(**options)
-
-        def embedding_text(self, record):
-            return record["body"]
-
-        def iter_records(self):
-            for rid, body in self.conn.execute("SELECT id, body FROM notes"):
-                yield rid, {"body": body}, "note"
+    """bench-scale's store, imported in the child so it runs on the src the child was given."""
+    from bench_scale_backfill import Notes
 
     return Notes
 

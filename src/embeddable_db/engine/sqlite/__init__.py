@@ -212,9 +212,7 @@ class SQLiteEngine:
             self._refresh()
             vector = check.check_vector(query, self.dim, self.model_id)
             if ids is not None:
-                return search_within(
-                    self.store, self.view.live, vector, top_k, kind, ids, self.model_id
-                )
+                return search_within(self.store, self.view.live, vector, top_k, kind, ids)
             return self.view.live.search(vector, top_k, kind)
 
     def keyword_search(

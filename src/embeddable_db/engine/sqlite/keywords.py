@@ -192,10 +192,9 @@ class KeywordIndex:
             where.append("e.kind = ?")
             args.append(kind)
         if ids is not None:
-            where.append(
-                f"{fts}.rowid IN (SELECT label FROM {table} WHERE record_id IN "
-                "(SELECT value FROM json_each(?)))"
-            )
+            # On e, not on FTS5's rowid: FTS5 runs its whole query again for each rowid of
+            # an IN list (a 1,000-id filter took 370 ms at 100k, against ~5 ms this way).
+            where.append("e.record_id IN (SELECT value FROM json_each(?))")
             args.append(json.dumps(ids))
         sql = (
             f"SELECT e.record_id, bm25({fts}) AS score FROM {fts} "

@@ -227,6 +227,25 @@ HYBRIDS = {  # name: search_hybrid's settings
 }
 
 
+def print_targets(results: dict[str, dict[str, dict[str, float]]]) -> None:
+    """Issue 13's quality targets for the default hybrid search, as RATIO lines with verdicts."""
+    def ndcg(method: str, group: str) -> float:
+        return results[method][group]["nDCG@10"]
+
+    hybrid, vector, keyword = ("hybrid: search_hybrid (default)", "vector: search_by_text",
+                               "keyword: search_by_keyword")
+    checks = [
+        ("hybrid / better side, nDCG@10 overall", "overall", max(ndcg(vector, "overall"),
+                                                                 ndcg(keyword, "overall")), 1.05),
+        ("hybrid / vector, nDCG@10 on paraphrases", "paraphrase", ndcg(vector, "paraphrase"), 0.95),
+        ("hybrid / keyword, nDCG@10 on literal queries", "literal", ndcg(keyword, "literal"), 0.95),
+    ]
+    for label, group, side, target in checks:
+        value = ndcg(hybrid, group) / side
+        goal = "met" if value >= target else "MISSED"
+        print(f"RATIO {label}: {value:.3f} (target >= {target}: {goal})", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--no-vector", action="store_true", help="keyword only (no model, no cache)")
@@ -262,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nscores at 10 (binary relevance); ms/query is the median of one search on "
           f"{len(corpus):,} documents here, not at 100k")
     print(table(results, latency))
+    if "hybrid: search_hybrid (default)" in results:
+        print_targets(results)
     if args.misses:
         for method, (rankings, _) in runs.items():
             missed = [q for q in queries if not set(q["answers"]) & set(rankings[q["query"]][:K])]

@@ -51,6 +51,7 @@ _HOME: dict[str, str] = {
     **dict.fromkeys(_REPORTS, "reports"),
     **dict.fromkeys(_DATABASES, "databases"),
     "EmbeddableDBMixin": "mixin",
+    "TableStore": "tables",
 }
 
 
@@ -83,5 +84,6 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         BackfillResult,
         VerifyReport,
     )
+    from .tables import TableStore  # noqa: F401
 
 __all__ = sorted(_HOME)

@@ -415,6 +415,8 @@ def _connect(source: Any, store: Any, read_only: bool) -> tuple[sqlite3.Connecti
                                check_same_thread=False)
     try:
         conn.execute("PRAGMA busy_timeout = 30000")
+        if not read_only:  # now: a plain "journal_mode = WAL" later would try the attached file too
+            conn.execute("PRAGMA main.journal_mode = WAL").fetchall()
         conn.execute("ATTACH DATABASE ? AS src", (Path(os.path.abspath(path)).as_uri() + "?mode=ro",))
     except BaseException:
         conn.close()

@@ -76,6 +76,19 @@ def record_keys(record_ids: Any) -> list[str]:
     return [record_key(record_id) for record_id in many(record_ids, "record_ids")]
 
 
+def check_ids(ids: Any) -> list[str] | None:
+    """A search's ``ids=`` filter: None (no filter) or the distinct keys of an iterable of
+    record ids (``ids="12"`` is refused: it would search records "1" and "2")."""
+    if ids is None:
+        return None
+    if isinstance(ids, str | bytes | bytearray) or not isinstance(ids, Iterable):
+        raise InvalidInputError(
+            f"ids must be a list (or other iterable) of record ids, got "
+            f"{type(ids).__name__}: {_short(ids)}; for one record pass [{_short(ids)}]"
+        )
+    return list(dict.fromkeys(record_key(record_id) for record_id in ids))
+
+
 def check_items(items: Any) -> list[tuple[Any, Any, Any]]:
     """``add_embeddings`` items: (record_id, record, kind) triples."""
     checked = []

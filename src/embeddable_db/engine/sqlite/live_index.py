@@ -228,14 +228,20 @@ class LiveIndex:
         return True
 
     # -- search ------------------------------------------------------------------------------
-    def search(self, query: np.ndarray, k: int, kind: str | None = None) -> list[tuple[str, float]]:
-        """The ``k`` best (record_id, distance); with ``kind``, widen until ``k`` match or all seen."""
+    def search(
+        self, query: np.ndarray, k: int, kind: str | None = None, allowed: set[int] | None = None
+    ) -> list[tuple[str, float]]:
+        """The ``k`` best (record_id, distance); with ``kind`` or ``allowed`` (the labels a
+        filter keeps), widen until ``k`` match or all were seen. A filter keeping a share ``s``
+        of the records starts by asking for ``2k/s``: about twice what it should need."""
         live = len(self.table)
-        if live == 0 or k <= 0:
+        if live == 0 or k <= 0 or (allowed is not None and not allowed):
             return []
-        fetch = min(k, live)
+        fetch = min(k, live) if allowed is None else min(live, 2 * k * live // len(allowed) + k)
         while True:
             hits = self._search_labels(query, fetch)
+            if allowed is not None:
+                hits = [hit for hit in hits if hit[1] in allowed]
             found = self.table.lookup([label for _, label in hits])
             results = [
                 (entry[0], distance)

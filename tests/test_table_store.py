@@ -327,3 +327,22 @@ def test_hybrid_mode_says_what_it_needs_when_missing(db, opened):
             store.search("writer", mode="hybrid")
     with pytest.raises(InvalidInputError, match="unknown search mode"):
         store.search("writer", mode="fuzzy")
+
+
+def test_search_where_filters_rows_and_still_returns_top_k(tmp_path, opened):
+    rows = [(f"note {i}", f"text number {i}", f"{i}@x", i % 5) for i in range(200)]
+    path = make_db(tmp_path / "many.db", rows)
+    store = opened(path, "notes", columns=["body"])
+    store.backfill_embeddings()
+    hits = store.search("text number 7", top_k=5, where={"rank": 3})
+    assert len(hits) == 5 and all(hit["rank"] == 3 for hit in hits)
+    hits = store.search("text", top_k=3, mode="keyword", where={"rank": ("in", [1, 2]),
+                                                               "title": ("like", "note 1%")})
+    assert len(hits) == 3 and all(hit["rank"] in (1, 2) and hit["title"].startswith("note 1")
+                                  for hit in hits)
+    assert store.search("text", where={"rank": (">", 10)}) == []
+    with pytest.raises(InvalidInputError, match="no field 'rnk'"):
+        store.search("text", where={"rnk": 1})
+    with pytest.raises(InvalidInputError, match="operator"):
+        store.search("text", where={"rank": ("; DROP TABLE notes", 1)})
+    assert len(user_rows(path)) == 200

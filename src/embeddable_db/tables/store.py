@@ -34,6 +34,7 @@ from urllib.parse import quote as url_quote
 from .. import validation as check
 from ..errors import EmbeddingError, InvalidInputError
 from ..files import text_path
+from ..filters import compile_where
 from ..handle import connect_read_only, sqlite_error
 from ..mixin import EmbeddableDBMixin
 from ..options import StoreOptions
@@ -302,15 +303,18 @@ class TableStore(EmbeddableDBMixin):
     ) -> list[dict[str, Any]]:
         """The ``top_k`` rows best matching ``query``, best first, each a dict of its columns
         plus ``_distance`` (``mode="vector"``: 1 - cosine, lower is better) or ``_score``
-        (``"keyword"``: -bm25, and ``"hybrid"``: higher is better). Rows deleted since the
-        last backfill are skipped, still returning ``top_k`` when that many exist."""
+        (``"keyword"``: -bm25, and ``"hybrid"``: higher is better). ``where`` is a dict of
+        column -> value or column -> (operator, value), operators ``= != < <= > >= in like``
+        (``filters.py``): only the rows it selects are searched, and still ``top_k`` of them
+        come back when that many match. Rows deleted since the last backfill are skipped."""
         top_k = check.check_top_k(top_k)
         if mode not in MODES:
             raise InvalidInputError(f"unknown search mode {mode!r}: choose from {', '.join(MODES)}")
-        if where is not None:
-            raise InvalidInputError("search(where=...) is not available yet in this version")
         self._ensure_open()
-        find = self._finder(query, mode)
+        ids = self._matching(where)
+        if ids is not None and not ids:
+            return []
+        find = self._finder(query, mode, ids)
         want = top_k
         while True:
             found = find(want)
@@ -321,16 +325,36 @@ class TableStore(EmbeddableDBMixin):
                 return hits[:top_k]
             want *= 4
 
-    def _finder(self, query: Any, mode: str) -> Callable[[int], list[tuple[str, float]]]:
+    def _matching(self, where: Any) -> list[str] | None:
+        """The keys of the rows a search's ``where`` dict selects (``filters.py``: columns
+        checked, values bound), or None for no filter."""
+        if where is None:
+            return None
+        columns = {column: quote(column) for column in self.table_info.columns}
+        condition, params = compile_where(where, columns, f"table {self.table_info.name!r}")
+        extra = f" AND ({self._where})" if self._where else ""
+        sql = (f"SELECT {self._key.expr} FROM {self.table_info.qualified} "
+               f"WHERE ({condition}){extra}")
+        with self.embedding_lock:
+            raw = [row[0] for row in self.conn.execute(sql, params)]
+        keys = []
+        for value in raw:
+            try:
+                keys.append(check.record_key(value))
+            except InvalidInputError:  # a NULL key names no vector
+                continue
+        return keys
+
+    def _finder(self, query: Any, mode: str, ids: list[str] | None) -> Callable[[int], list]:
         if mode == "keyword":
-            return lambda n: self.search_by_keyword(query, n)
+            return lambda n: self.search_by_keyword(query, n, ids=ids)
         if mode == "hybrid":
             hybrid = getattr(self, "search_hybrid", None)
             if hybrid is None:
                 raise EmbeddingError("mode='hybrid' needs a newer embeddable_db (search_hybrid)")
-            return lambda n: hybrid(query, n)
+            return lambda n: hybrid(query, n, ids=ids)
         vector = self.encode_texts([query])[0] if isinstance(query, str | bytes) else query
-        return lambda n: self.search_by_vector(vector, n)
+        return lambda n: self.search_by_vector(vector, n, ids=ids)
 
     def similar(self, key: Any, top_k: int = 10) -> list[dict[str, Any]]:
         """The ``top_k`` rows nearest to the row ``key`` (itself left out), with ``_distance``."""

@@ -78,14 +78,18 @@ class TableInfo:
 
 
 def tables_of(conn: sqlite3.Connection, schema: str) -> list[str]:
-    """The ordinary tables of ``schema`` (not SQLite's own, not views)."""
-    return [
+    """The ordinary tables of ``schema``: not SQLite's own, not views, and not those of an
+    embeddings store (a table ``X`` beside ``X_meta``, and the ``X_...`` tables with them)."""
+    names = [
         row[0]
         for row in conn.execute(
             f"SELECT name FROM {quote(schema)}.sqlite_master WHERE type = 'table' "
             "AND name NOT LIKE 'sqlite_%' ORDER BY name"
         )
     ]
+    present = set(names)
+    stores = [n[: -len("_meta")] for n in names if n.endswith("_meta") and n[: -len("_meta")] in present]
+    return [n for n in names if not any(n == s or n.startswith(s + "_") for s in stores)]
 
 
 def describe(conn: sqlite3.Connection, schema: str, table: Any) -> TableInfo:

@@ -144,6 +144,11 @@ class TableStore(EmbeddableDBMixin):
                 **self._text.settings(), "where": self._where,
                 "track_changes": getattr(self, "_log", None) is not None}
 
+    @property
+    def embedded_columns(self) -> tuple[str, ...]:
+        """The columns whose text is embedded (a template's fields, in order)."""
+        return self._text.columns
+
     def _recorded_settings(self) -> dict[str, Any] | None:
         meta = f"{self.embedding_table}_meta"
         if self.conn.execute("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?",
@@ -246,6 +251,15 @@ class TableStore(EmbeddableDBMixin):
         self._ensure_open()
         with self.embedding_lock:
             return self._log is not None and self._log.trusted(self._basis())
+
+    def pending_changes(self) -> int | None:
+        """How many rows the triggers recorded as changed since the last backfill (None when
+        the next backfill must read every row)."""
+        if not self.changes_trusted():
+            return None
+        with self.embedding_lock:
+            assert self._log is not None
+            return len(set(self._log.pending()[1]))
 
     def _basis(self) -> dict[str, Any]:
         settings = {k: v for k, v in self.table_settings.items() if k != "track_changes"}

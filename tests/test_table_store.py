@@ -346,3 +346,17 @@ def test_search_where_filters_rows_and_still_returns_top_k(tmp_path, opened):
     with pytest.raises(InvalidInputError, match="operator"):
         store.search("text", where={"rank": ("; DROP TABLE notes", 1)})
     assert len(user_rows(path)) == 200
+
+
+def test_read_only_searches_and_writes_nothing(db, opened):
+    writer = opened(db, "notes", columns=["body"])
+    writer.backfill_embeddings()
+    writer.close()
+    paths = [db, writer.index_path, writer.metadata_path]  # SQLite may add -shm/-wal to read
+    before = file_bytes(*paths)
+    reader = opened(db, "notes", read_only=True)  # the recorded settings
+    assert reader.search("free pages back", top_k=1)[0]["title"] == "Vacuum"
+    with pytest.raises(ReadOnlyError):
+        reader.drop()
+    reader.close()
+    assert file_bytes(*paths) == before

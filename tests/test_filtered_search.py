@@ -135,3 +135,26 @@ def test_search_by_text_within_ids(make_notes):
     db.add_embeddings([(i, {"body": f"note number {i}"}, "note") for i in range(50)])
     hits = db.search_by_text("note number 7", top_k=3, ids=range(10, 14))
     assert len(hits) == 3 and set(hit_ids(hits)) <= {"10", "11", "12", "13"}
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_a_reopened_store_reads_the_set_from_its_files(tmp_path, vectors, backend):
+    # Reopened, the vectors come from the loaded index (Annoy: its mapped file), not memory
+    # the build left behind.
+    path = str(tmp_path / "items.db")
+    db = VectorDB(path, **BACKENDS[backend])
+    db.add_embeddings([(i, {"vec": vectors[i].tolist()}, "v") for i in range(N)], batch_size=1_000)
+    db.close()
+    db.conn.close()
+    db = VectorDB(path, **BACKENDS[backend])
+    try:
+        db.add_embedding(5, {"vec": vectors[2999].tolist()}, "v")  # one changed since the files
+        for seed in range(5):
+            within = np.random.default_rng(seed).choice(N, 200, replace=False).tolist() + [5]
+            query = vectors[within[0]]
+            assert hit_ids(db.search_by_vector(query, 10, ids=within)) == brute_force(
+                np.vstack([vectors[:5], vectors[2999:], vectors[6:]]), query, within, 10
+            )
+    finally:
+        db.close()
+        db.conn.close()

@@ -147,6 +147,7 @@ NAMES = {
         "timestamp=<factory>, *, id=None)"
     ),
     "HashingEncoder": "class(dim=64)",
+    "HybridHit": "class(record_id, score, distance, vector_rank, keyword_rank)",
     "InfoDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
         "embedding_version=1, encoder=None, data_dir=None, index_type=None, index_options=None, "
@@ -295,6 +296,10 @@ MIXIN = {
     "remove_embeddings": "method(self, record_ids)",
     "save_index": "method(self)",
     "search_by_keyword": "method(self, text, top_k=10, *, kind=None, ids=None)",
+    "search_hybrid": (
+        "method(self, text, top_k=10, *, kind=None, ids=None, weights=(1.0, 1.0), rrf_k=20, "
+        "adaptive=True, reranker=None, rerank_candidates=50)"
+    ),
     "search_by_text": "method(self, text, top_k=10, *, kind=None, ids=None)",
     "search_by_vector": "method(self, vector, top_k=10, *, kind=None, ids=None)",
     "store_embeddings": "method(self, rows)",

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from conftest import CountingEncoder, file_bytes, sqlite_dump
-from embeddable_db import EmbeddingError, InvalidInputError, ReadOnlyError, TableStore
+from embeddable_db import InvalidInputError, ReadOnlyError, TableStore
 
 NOTES = [
     ("WAL mode", "readers keep reading while one writer writes", "wal@x", 1),
@@ -317,14 +317,13 @@ def test_embedding_the_stores_own_tables_is_refused(db, opened):
         TableStore(db, "notes_embeddings_text", columns=["text"], encoder=CountingEncoder(8))
 
 
-def test_hybrid_mode_says_what_it_needs_when_missing(db, opened):
-    store = opened(db, "notes", columns=["body"])
+def test_hybrid_mode_returns_rows_with_their_fused_score(db, opened):
+    store = opened(db, "notes", columns=["title", "body"])
     store.backfill_embeddings()
-    if hasattr(store, "search_hybrid"):
-        assert store.search("writer", mode="hybrid")
-    else:
-        with pytest.raises(EmbeddingError, match="search_hybrid"):
-            store.search("writer", mode="hybrid")
+    hits = store.search("Vacuum rebuilds the file", top_k=2, mode="hybrid")
+    assert hits[0]["title"] == "Vacuum" and hits[0]["_score"] >= hits[1]["_score"]
+    only = store.search("Vacuum rebuilds the file", top_k=2, mode="hybrid", where={"rank": 1})
+    assert [hit["id"] for hit in only] == [1]
     with pytest.raises(InvalidInputError, match="unknown search mode"):
         store.search("writer", mode="fuzzy")
 

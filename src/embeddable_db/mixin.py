@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import backfill
+from . import backfill, fusion
 from . import validation as check
 from .encoder import model_identity
 from .encoding import Encoding, Failure, Pending, fingerprinted, raise_first
@@ -284,6 +284,43 @@ class EmbeddableDBMixin:
         self._ensure_open()
         self._require_text("keyword search")
         return self._engine.keyword_search(text, top_k, kind, ids)
+
+    def search_hybrid(
+        self,
+        text: Any,
+        top_k: int = 10,
+        *,
+        kind: str | None = None,
+        ids: Any = None,
+        weights: tuple[float, float] = (1.0, 1.0),
+        rrf_k: float = fusion.RRF_K,
+        adaptive: bool = True,
+        reranker: Any = None,
+        rerank_candidates: int = fusion.RERANK_CANDIDATES,
+    ) -> list[fusion.HybridHit]:
+        """Keyword and vector search fused: ``HybridHit(record_id, score, distance,
+        vector_rank, keyword_rank)`` best first, higher score is better.
+
+        Weighted reciprocal rank fusion (``fusion.py``): ``weights`` = (keyword, vector);
+        with ``adaptive`` the keyword weight also follows how much of the query's rare words
+        its best keyword match holds, so a paraphrase leans on the vectors and a name or an
+        error code on the words. Each side gives ``fusion.candidates(top_k, rrf_k)``
+        candidates (at least 100). ``reranker``: any object with ``rank(query, texts) ->
+        scores`` (higher is better, e.g. a local cross-encoder); it reorders the best
+        ``rerank_candidates`` fused hits, and each hit's score is then the reranker's.
+        ``kind`` and ``ids`` filter as in ``search_by_vector``. One model call."""
+        top_k, kind, ids = self._search_filters(top_k, kind, ids)
+        text = check.check_query(text)
+        weights, rrf_k = check.check_fusion(weights, rrf_k, adaptive)
+        rerank_candidates = check.check_top_k(rerank_candidates, "rerank_candidates")
+        self._ensure_open()
+        self._require_text("hybrid search")
+        vector = self.encode_texts([text])[0]  # no lock held while encoding
+        return fusion.hybrid_search(
+            self._engine, vector, text, top_k, kind=kind, ids=ids, weights=weights,
+            rrf_k=rrf_k, adaptive=adaptive, reranker=reranker,
+            rerank_candidates=rerank_candidates,
+        )
 
     def _search_filters(self, top_k: Any, kind: Any, ids: Any) -> tuple[int, str | None, Any]:
         top_k = check.check_top_k(top_k)

@@ -98,6 +98,13 @@ class Engine(Protocol):
         any of the words of ``text`` (any text is a valid query; never SQL or query syntax);
         ``kind`` and ``ids`` filter as in ``search``."""
 
+    def keyword_coverage(self, text: str, best_score: float) -> float:
+        """0..1: how much of the query's information a keyword match scoring ``best_score``
+        holds (1: every informative word); hybrid search weighs the keyword side by it."""
+
+    def keyword_texts(self, keys: list[str]) -> dict[str, str]:
+        """key -> the text its vector was made from (what a reranker reads)."""
+
     # -- upkeep ----------------------------------------------------------------------------------
     def flush(self) -> None: ...
 

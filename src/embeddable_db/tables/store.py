@@ -338,10 +338,8 @@ class TableStore(EmbeddableDBMixin):
         if mode == "keyword":
             return lambda n: self.search_by_keyword(query, n, ids=ids)
         if mode == "hybrid":
-            hybrid = getattr(self, "search_hybrid", None)
-            if hybrid is None:
-                raise EmbeddingError("mode='hybrid' needs a newer embeddable_db (search_hybrid)")
-            return lambda n: hybrid(query, n, ids=ids)
+            return lambda n: [(hit.record_id, hit.score)
+                              for hit in self.search_hybrid(query, n, ids=ids)]
         vector = self.encode_texts([query])[0] if isinstance(query, str | bytes) else query
         return lambda n: self.search_by_vector(vector, n, ids=ids)
 

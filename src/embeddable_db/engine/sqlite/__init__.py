@@ -212,9 +212,7 @@ class SQLiteEngine:
             self._refresh()
             vector = check.check_vector(query, self.dim, self.model_id)
             if ids is not None:
-                return search_within(
-                    self.store, self.view.live, vector, top_k, kind, ids, self.model_id
-                )
+                return search_within(self.store, self.view.live, vector, top_k, kind, ids)
             return self.view.live.search(vector, top_k, kind)
 
     def keyword_search(
@@ -227,7 +225,15 @@ class SQLiteEngine:
                     "embeddable_db): open it once without read_only=True to add one, then run "
                     "backfill_embeddings() to fill it (the model is not called)"
                 )
-            return self.store.keywords.search(text, top_k, kind, ids)
+            return self.store.keywords.search(text, top_k, kind, ids, len(self.view))
+
+    def keyword_coverage(self, text: str, best_score: float) -> float:
+        with self.lock:
+            return self.store.keywords.coverage(text, best_score, len(self.view))
+
+    def keyword_texts(self, keys: list[str]) -> dict[str, str]:
+        with self.lock:
+            return self.store.keywords.texts_of(keys)
 
     # -- keeping the live view current -------------------------------------------------------------
     def _refresh(self) -> None:

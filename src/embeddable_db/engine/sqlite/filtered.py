@@ -5,14 +5,15 @@ records (sqlite-vec#196, txtai#915). Here the ids are resolved first, through th
 index (bound as one JSON array parameter: no SQL is built from them, and no limit on how many
 host parameters one statement takes), and then:
 
-- a small set is searched exactly: its vectors are read from SQLite and scored by brute force
-  (``EXACT_IDS_UP_TO``);
+- a small set is searched exactly (``EXACT_IDS_UP_TO``): its vectors are gathered from the
+  live index in bulk (the delta, the Annoy file's map, FAISS by id; SQLite for a backend that
+  cannot) and scored by brute force;
 - a large set is searched by the live index, asking for enough hits that ``k`` of them are
   likely in the set and widening until they are (``LiveIndex.search(allowed=...)``); if an
   approximate backend still falls short, the set is searched exactly after all.
 
-Only vectors the live index holds are answered (SQLite may show a caller's uncommitted write,
-or another model's vectors, which a search never returns).
+Only vectors the live index holds are answered, as it holds them (SQLite may show a caller's
+uncommitted write, or another model's vectors, which a search never returns).
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from .store import EmbeddingStore
 EXACT_IDS_UP_TO = 3_000
 
 
-def _rows(store: EmbeddingStore, ids: list[str], model: str, dim: int, vectors: bool) -> list:
-    columns = "label, vector" if vectors else "label"
-    return store.conn.execute(
-        f"SELECT {columns} FROM {store.table} WHERE record_id IN "
-        "(SELECT value FROM json_each(?)) AND deleted = 0 AND model = ? AND dim = ?",
-        (json.dumps(ids), model, dim),
-    ).fetchall()
+def _labels(store: EmbeddingStore, ids: list[str]) -> list[int]:
+    """The labels of these record ids' rows, from the record_id index alone (the live index
+    says which of them are live, and of which kind)."""
+    return [label for (label,) in store.conn.execute(
+        f"SELECT label FROM {store.table} WHERE record_id IN (SELECT value FROM json_each(?))",
+        (json.dumps(ids),),
+    )]
 
 
 def _live(live: LiveIndex, labels: list[int], kind: str | None) -> list[tuple[int, str]]:
@@ -48,33 +49,40 @@ def _live(live: LiveIndex, labels: list[int], kind: str | None) -> list[tuple[in
     ]
 
 
+def _stored_vectors(store: EmbeddingStore, labels: list[int], dim: int) -> np.ndarray:
+    """The vectors of these labels as SQLite holds them (a backend that cannot read its own
+    back in bulk)."""
+    blobs = dict(store.conn.execute(
+        f"SELECT label, vector FROM {store.table} WHERE label IN (SELECT value FROM json_each(?))",
+        (json.dumps(labels),),
+    ))
+    return np.frombuffer(b"".join(blobs[label] for label in labels), "<f4").reshape(-1, dim)
+
+
 def _exact(
-    store: EmbeddingStore, live: LiveIndex, query: np.ndarray, k: int, kind: str | None,
-    ids: list[str], model: str,
+    store: EmbeddingStore, live: LiveIndex, query: np.ndarray, k: int, kept: list[tuple[int, str]],
 ) -> list[tuple[str, float]]:
-    rows = _rows(store, ids, model, live.dim, vectors=True)
-    blobs = dict(rows)
-    kept = _live(live, [label for label, _ in rows], kind)
     if not kept:
         return []
-    labels = np.fromiter((label for label, _ in kept), np.int64, len(kept))
-    matrix = np.frombuffer(b"".join(blobs[label] for label, _ in kept), "<f4")
-    positions, distances = exact_top_k(matrix.reshape(len(kept), live.dim), query, k, labels)
+    labels = [label for label, _ in kept]
+    matrix = live.vectors_of(labels)
+    if matrix is None:
+        matrix = _stored_vectors(store, labels, live.dim)
+    positions, distances = exact_top_k(matrix, query, k, np.array(labels, np.int64))
     return [(kept[p][1], float(d)) for p, d in zip(positions.tolist(), distances, strict=True)]
 
 
 def search_within(
     store: EmbeddingStore, live: LiveIndex, query: np.ndarray, k: int, kind: str | None,
-    ids: list[str], model: str,
+    ids: list[str],
 ) -> list[tuple[str, float]]:
     """The ``k`` best ``(record_id, distance)`` among ``ids`` (distinct keys), best first."""
     if not ids or live.dim is None or not len(live):
         return []
-    if len(ids) <= EXACT_IDS_UP_TO:
-        return _exact(store, live, query, k, kind, ids, model)
-    labels = [label for (label,) in _rows(store, ids, model, live.dim, vectors=False)]
-    allowed = {label for label, _ in _live(live, labels, kind)}
-    hits = live.search(query, k, allowed=allowed)
-    if len(hits) < min(k, len(allowed)):  # an approximate backend fell short
-        return _exact(store, live, query, k, kind, ids, model)
+    kept = _live(live, _labels(store, ids), kind)
+    if len(kept) <= EXACT_IDS_UP_TO:
+        return _exact(store, live, query, k, kept)
+    hits = live.search(query, k, allowed={label for label, _ in kept})
+    if len(hits) < min(k, len(kept)):  # an approximate backend fell short
+        return _exact(store, live, query, k, kept)
     return hits

@@ -97,6 +97,16 @@ class ExactDelta:
             if b * self.BLOCK < n
         ]
 
+    def vectors(self, labels: list[int]) -> np.ndarray:
+        """The rows of these labels (all in the delta), in their order."""
+        rows = np.fromiter((self._row[label] for label in labels), np.int64, len(labels))
+        out = np.empty((len(labels), self.dim), np.float32)
+        blocks, offsets = np.divmod(rows, self.BLOCK)
+        for b in np.unique(blocks).tolist():
+            mine = blocks == b
+            out[mine] = self._blocks[b][offsets[mine]]
+        return out
+
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         used = self._used()
         if not used:
@@ -226,6 +236,24 @@ class LiveIndex:
             self.in_backend.update(labels.tolist())
             self.delta.clear()
         return True
+
+    def vectors_of(self, labels: list[int]) -> np.ndarray | None:
+        """The live vectors of these live labels, one row each: the delta's where it holds
+        them, else the backend's (None when the backend cannot read them back in bulk)."""
+        out = np.empty((len(labels), self.dim or 0), np.float32)
+        delta = self.delta
+        in_delta = [i for i, label in enumerate(labels) if delta is not None and label in delta]
+        if in_delta:
+            out[in_delta] = delta.vectors([labels[i] for i in in_delta])
+        if len(in_delta) < len(labels):
+            marked = set(in_delta)
+            rest = [i for i in range(len(labels)) if i not in marked]
+            found = None if self.backend is None else self.backend.vectors_of(
+                np.array([labels[i] for i in rest], np.int64))
+            if found is None:
+                return None
+            out[rest] = found
+        return out
 
     # -- search ------------------------------------------------------------------------------
     def search(

@@ -130,6 +130,13 @@ def test_six_database_search_keeps_working_beside_table_search(tmp_path, app_db)
     assert cli("embed", app_db, "notes", "-c", "title", "-c", "body", *HASH).returncode == 0
     table = cli("search", app_db, "notes", "free pages back", "--top-k", "1")
     assert table.returncode == 0 and "Vacuum" in table.stdout
+    hybrid = cli("search", app_db, "notes", "Vacuum", "--mode", "hybrid", "--json", "--top-k", "1")
+    assert hybrid.returncode == 0, hybrid.stderr
+    assert json.loads(hybrid.stdout)[0]["title"] == "Vacuum"
+    filtered = cli("search", app_db, "notes", "Vacuum", "--where", "rank<3", "--json")
+    assert {hit["rank"] for hit in json.loads(filtered.stdout)} == {1, 2}
+    bad = cli("search", app_db, "notes", "Vacuum", "--where", "nope=1")
+    assert bad.returncode == 2 and "no field 'nope'" in bad.stderr
     not_sqlite = tmp_path / "words.txt"
     not_sqlite.write_text("not a database")
     odd = cli("search", not_sqlite, "--data-dir", data, "--db", "bot")  # a query, not a DB

@@ -184,6 +184,10 @@ NAMES = {
         "class(model_name='sentence-transformers/all-MiniLM-L6-v2', device=None)"
     ),
     "StoreConflictError": "exception",
+    "TableStore": (
+        "class(path_or_connection, table, *, columns=None, template=None, key=None, where=None, "
+        "store=None, track_changes=True, **options)"
+    ),
     "TelemetryEvent": (
         "class(task_id='', bot_id='', error_type='', category='', root_cause='', stack_trace='', "
         "root_module='', module='', module_counts=<factory>, inferred_cause='', timestamp=<factory>, "

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -318,10 +319,24 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
 
 
 def run(argv: Sequence[str] | None, prog: str) -> int:
+    from .table_commands import TABLE_COMMANDS, run_search_table
+    from .table_parser import build_table_search_parser, table_search_argv
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
     try:
+        table_search = table_search_argv(argv)  # search DB TABLE QUERY: a table of any file
+        if table_search is not None:
+            flags, rest = table_search
+            args = build_table_search_parser(prog).parse_args(rest)
+            args.verbose, args.command, args.prog = bool(flags), "search", prog
+            _logging(args)
+            return run_search_table(args)
         args = parser.parse_args(argv)
         args.prog = prog
+        if args.command in TABLE_COMMANDS:
+            _logging(args)
+            return TABLE_COMMANDS[args.command](args)
         args.data_dir = resolve_data_dir(args.data_dir)  # once: every path below derives from it
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING,
@@ -331,3 +346,8 @@ def run(argv: Sequence[str] | None, prog: str) -> int:
     except UsageError as exc:
         warn(str(exc))
         return 2
+
+
+def _logging(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")

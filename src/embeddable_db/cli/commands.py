@@ -162,21 +162,29 @@ def run_search(args: argparse.Namespace) -> int:
     hits: list[tuple[str, Any, str]] = []
     queries: dict[str, Any] = {}  # model -> the query's vector: one encoding per model
 
+    sides: list[hits_out.Sides] = []  # hybrid: each database's two rankings, fused at the end
+
     def work(target: Target) -> bool:
         with open_db(target, args, model=models[target.name], read_only=True) as db:
             if db.embedding_count() == 0:
                 return True
             query: Any = args.query
-            if args.mode == "vector":
+            if args.mode != "keyword":
                 if db.model_id not in queries:
                     queries[db.model_id] = db.encode_texts([args.query])[0]
                 query = queries[db.model_id]
+            if args.mode == "hybrid":
+                sides.append(hits_out.both_sides(db, target.name, args.query, query, args.top_k,
+                                                 kind=args.kind, where=filters))
+                return True
             for hit in db.search(query, args.top_k, kind=args.kind, mode=args.mode,
                                  where=filters):
                 hits.append((target.name, hit, " ".join(db.embedding_text(hit.record).split())))
         return True
 
     code = for_each_db(targets, work)
+    if args.mode == "hybrid":
+        hits = hits_out.fused_across(sides, args.top_k)
     hits = hits_out.merged(hits, args.mode, args.top_k)
     if args.json:
         print(dumps([hits_out.hit_json(name, hit, args.mode) for name, hit, _ in hits]))

@@ -82,7 +82,9 @@ def query_terms(text: str) -> list[str]:
 
 
 def bm25_idf(documents: int, containing: int) -> float:
-    """FTS5's bm25 IDF of a term in ``containing`` of ``documents`` rows (floored as FTS5 does)."""
+    """FTS5's bm25 IDF of a term in ``containing`` of ``documents`` rows (floored as FTS5 does).
+    ``documents`` may lag ``containing`` (another connection's writes): never below it."""
+    documents = max(documents, containing)
     return max(1e-6, math.log((documents - containing + 0.5) / (containing + 0.5)))
 
 

@@ -382,7 +382,8 @@ class PostgresEngine(EngineFactory):
                 if rows:
                     cur.executemany(statement, rows)
                     return []
-                return cur.execute(statement).fetchall()
+                cur.execute(statement)
+                return cur.fetchall() if cur.description else []
 
     def _put_records(self, rows: Sequence[tuple[str, str, str]]) -> None:
         self._sql(

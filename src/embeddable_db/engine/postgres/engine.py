@@ -53,8 +53,9 @@ _STATE = "record_id, text_hash, model, embedding_version, source_id, kind, body 
 
 
 def _text(value: str | None) -> str | None:
-    """PostgreSQL text cannot hold NUL: the keyword text keeps each one as U+FFFD."""
-    return value if value is None or "\x00" not in value else value.replace("\x00", "\ufffd")
+    """PostgreSQL text cannot hold NUL: the keyword text keeps each one as U+FFFD between
+    spaces (a word separator, as NUL is to SQLite's tokenizer; verify knows the mark)."""
+    return value if value is None or "\x00" not in value else value.replace("\x00", " \ufffd ")
 
 
 class PostgresEngine:
@@ -133,11 +134,13 @@ class PostgresEngine:
             return
         recorded = schema.meta(conn, names)
         schema.check_meta(recorded, names, owner)
-        if not self.read_only:  # derived data: made again when missing
-            schema.create_fixed_indexes(conn, names)
-            dim = self._current_dim(recorded)
-            if dim is not None and dim <= MAX_INDEXED_DIM:
-                schema.create_hnsw(conn, names, dim, self.settings)
+        if not self.read_only:  # derived data: made again when missing (only then: even
+            dim = self._current_dim(recorded)  # IF NOT EXISTS waits for the table's writers)
+            present = schema.indexes(conn, names)
+            if any(name not in present for name in verify.wanted_indexes(names, dim)):
+                schema.create_fixed_indexes(conn, names)
+                if dim is not None and dim <= MAX_INDEXED_DIM:
+                    schema.create_hnsw(conn, names, dim, self.settings)
 
     def _current_dim(self, recorded: dict[str, str]) -> int | None:
         model, dim = schema.identity(recorded)

@@ -9,7 +9,7 @@ table in every transaction. What can still be wrong, and is reported:
 - rows whose vector's length is not the dimension recorded beside it (written by hand);
 - the keyword side: text that is not what the vector was made from (its sha256 is not the
   row's ``text_hash``; text holding NUL, which PostgreSQL cannot store and is kept with each
-  NUL as U+FFFD, cannot be checked so), and, for a store that embeds text, vectors without
+  NUL as U+FFFD between spaces, cannot be checked so), and, for a store that embeds text, vectors without
   text (filled by the next backfill from the records, without the model);
 - vectors of several models (a model switch a backfill has not finished).
 

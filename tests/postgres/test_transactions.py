@@ -143,3 +143,41 @@ def test_text_with_nul_is_kept_searchable_and_verifies(stores):
     with pytest.raises(Exception, match="NUL"):
         store.add_embedding("bad\x00id", {"body": "x"}, "a")
     assert store.get_vector("bad\x00id") is None and store.embedding_count() == 1
+
+
+def test_four_connections_opening_and_first_writing_a_new_store_at_once(pg_conninfo):
+    """Each creates the tables (once, under the advisory lock) and writes the first vectors,
+    which create the HNSW index (once, before any row is written: no deadlock)."""
+    import threading
+
+    barrier = threading.Barrier(4, timeout=60)
+    errors: list[BaseException] = []
+    with psycopg.connect(pg_conninfo, autocommit=True) as conn:  # the test's own table
+        conn.execute("CREATE TABLE records(id text PRIMARY KEY, body text, kind text)")
+
+    def writer(n: int) -> None:
+        try:
+            barrier.wait()
+            store = PgRecordsStore(pg_conninfo, encoder=make_encoder("hash:32"))
+            barrier.wait()
+            for start in range(0, 50, 10):
+                store.add_embeddings(
+                    [(f"{n}-{i}", {"body": f"writer {n} record {i}"}, "a")
+                     for i in range(start, start + 10)]
+                )
+            store.close()
+            store.conn.close()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    assert others_see(pg_conninfo, "SELECT count(DISTINCT record_id) FROM embeddings") == [(200,)]
+    names = {row[0] for row in others_see(
+        pg_conninfo, "SELECT indexname FROM pg_indexes WHERE tablename = 'embeddings'")}
+    assert "embeddings_hnsw_32" in names

@@ -208,20 +208,7 @@ class PostgresEngine:
                             "characters (in its id, kind or source_id)"
                         )
                 self._ensure_hnsw(size)
-                self.cur.executemany(sql.SQL(
-                    "INSERT INTO {} (record_id, kind, source_id, vector, dim, model, text_hash, "
-                    "embedding_version, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (record_id) DO UPDATE SET kind = excluded.kind, "
-                    "source_id = excluded.source_id, vector = excluded.vector, "
-                    "dim = excluded.dim, model = excluded.model, "
-                    "text_hash = excluded.text_hash, "
-                    "embedding_version = excluded.embedding_version, body = excluded.body, "
-                    "updated_at = now(), seq = pg_current_xact_id()"
-                ).format(self.names.t), [
-                    (r.record_id, r.kind, r.source_id, r.vector, size, r.model, r.text_hash,
-                     r.embedding_version, _text(r.text))
-                    for r in rows
-                ])
+                schema.upsert(self.cur, self.names, rows, size, _text)
                 last = rows[-1].model
                 if (dim is None or last != self.model_id) and (
                     schema.identity(schema.meta(self.conn, self.names)) != (last, size)

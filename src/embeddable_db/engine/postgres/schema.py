@@ -202,6 +202,24 @@ def create_hnsw(conn, names: Names, dim: int, settings: dict) -> None:
     ))
 
 
+def upsert(cur, names: Names, rows, size: int, text_of) -> None:
+    """Insert or replace vectors (``VectorRow``s of ``size`` dimensions) and their text
+    (``text_of(row.text)``); a replaced row takes the writing transaction's id as ``seq``."""
+    cur.executemany(sql.SQL(
+        "INSERT INTO {} (record_id, kind, source_id, vector, dim, model, text_hash, "
+        "embedding_version, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (record_id) DO UPDATE SET kind = excluded.kind, "
+        "source_id = excluded.source_id, vector = excluded.vector, dim = excluded.dim, "
+        "model = excluded.model, text_hash = excluded.text_hash, "
+        "embedding_version = excluded.embedding_version, body = excluded.body, "
+        "updated_at = now(), seq = pg_current_xact_id()"
+    ).format(names.t), [
+        (r.record_id, r.kind, r.source_id, r.vector, size, r.model, r.text_hash,
+         r.embedding_version, text_of(r.text))
+        for r in rows
+    ])
+
+
 def hnsw_name_exists(conn, names: Names, dim: int) -> bool:
     name = sql.Identifier(names.schema, names.hnsw(dim)).as_string(conn)
     return conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is not None

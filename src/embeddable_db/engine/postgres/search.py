@@ -100,15 +100,22 @@ def _exact(cur, names, vector, where, args, top_k) -> list:
 
 
 def _set(cur, settings: dict[str, str], *, keep: bool) -> dict[str, str]:
-    """Set transaction-local settings; with ``keep``, return the values they replace."""
+    """Set transaction-local settings in one round trip; with ``keep``, return the values
+    they replace (a setting not known yet -- pgvector not loaded in this session -- is left
+    set: it cannot be put back)."""
+    names = list(settings)
     before: dict[str, str] = {}
-    if keep:  # a setting not known yet (pgvector not loaded in this session) is left set
-        for name in settings:
-            value = cur.execute("SELECT current_setting(%s, true)", (name,)).fetchone()[0]
-            if value:
-                before[name] = value
-    for name, value in settings.items():
-        cur.execute("SELECT set_config(%s, %s, true)", (name, value))
+    if keep:
+        values = cur.execute(
+            sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+                sql.SQL("current_setting(%s, true)") for _ in names)), names,
+        ).fetchone()
+        before = {name: value for name, value in zip(names, values, strict=True) if value}
+    cur.execute(
+        sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+            sql.SQL("set_config(%s, %s, true)") for _ in names)),
+        [part for name in names for part in (name, settings[name])],
+    )
     return before
 
 

@@ -165,3 +165,20 @@ def test_any_text_is_a_keyword_query_and_never_sql_or_query_syntax(open_store):
     ranked = store.search_by_keyword("parser timeout error")
     assert ranked[0][0] == "1" and ranked[0][1] > 0
     assert store.verify_index().ok
+
+
+def test_keyword_coverage_and_texts_for_hybrid_search(open_store):
+    store = open_store(encoder=make_encoder("hash:32"))
+    rows = [(str(i), f"common filler number{i}", "a") for i in range(20)]
+    rows += [("rare", "common zebra", "a")]
+    store.conn.cursor().executemany("INSERT INTO records VALUES (%s, %s, %s)", rows)
+    store.backfill_embeddings()
+    engine = store._engine
+    assert engine.keyword_coverage("zebra common", 1.0) > 0.9  # the best match holds both
+    assert engine.keyword_coverage("zebra common", 0.0) == 0.0
+    only_common = engine.keyword_coverage("common nosuchword", 1.0)
+    assert 0.0 <= only_common < 0.1  # what it holds is in every row; the rare word is in none
+    assert engine.keyword_coverage("nosuchword", 1.0) == 0.0
+    assert engine.keyword_texts(["rare", "3", "absent"]) == {
+        "rare": "common zebra", "3": "common filler number3"}
+    assert engine.keyword_texts([]) == {}

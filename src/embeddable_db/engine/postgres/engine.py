@@ -357,6 +357,20 @@ class PostgresEngine:
                 self.cur, self.names, text, top_k, kind, None if ids is None else _keys(ids)
             )
 
+    def keyword_coverage(self, text: str, best_score: float) -> float:
+        """For hybrid search: see ``search.keyword_coverage`` (``best_score`` > 0 only says
+        there is a match; the match itself is looked at)."""
+        with self.lock, self.conn.transaction():
+            if best_score <= 0 or not self._refresh_exists() or search.query_words(text) is None:
+                return 0.0
+            return search.keyword_coverage(self.cur, self.names, text)
+
+    def keyword_texts(self, keys: list[str]) -> dict[str, str]:
+        with self.lock, self.conn.transaction():
+            if not keys or not self._refresh_exists():
+                return {}
+            return search.keyword_texts(self.cur, self.names, _keys(keys))
+
     # -- upkeep ----------------------------------------------------------------------------------
     def _refuse_in_transaction(self, call: str) -> None:
         if self.in_transaction():

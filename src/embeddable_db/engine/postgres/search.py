@@ -33,6 +33,7 @@ escaped); the text is one bound parameter and nothing of it is ever query syntax
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -157,3 +158,32 @@ def keyword_search(
         "FROM {t} t, query WHERE {where} ORDER BY score DESC, t.record_id LIMIT %s"
     ).format(q=sql.SQL(_QUERY), t=names.t, where=sql.SQL(" AND ").join(clauses))
     return [(rid, float(score)) for rid, score in cur.execute(statement, [*args, top_k])]
+
+
+def keyword_coverage(cur, names: Names, text: str) -> float:
+    """0..1: the share of the query's information that its best keyword match holds -- the
+    IDF (BM25's, from each lexeme's document count) of the query's lexemes that the best match
+    contains, over that of all of them. Rare words weigh most, a word in most rows ~0, a word
+    in no row the most (the best match cannot hold it). The best match is found again rather
+    than judged by its score: ``ts_rank`` scores have no scale to compare with."""
+    best = keyword_search(cur, names, text, 1, None, None)
+    if not best:
+        return 0.0
+    rows = cur.execute(sql.SQL(
+        "SELECT lexeme, (SELECT count(*) FROM {t} WHERE keywords @@ (chr(39) || replace(replace("
+        "lexeme, chr(92), chr(92) || chr(92)), chr(39), chr(39) || chr(39)) || chr(39))::tsquery), "
+        "lexeme = ANY(SELECT unnest(tsvector_to_array(keywords)) FROM {t} WHERE record_id = %s) "
+        "FROM unnest(tsvector_to_array(to_tsvector('simple'::regconfig, %s))) AS lexeme"
+    ).format(t=names.t), (best[0][0], query_words(text))).fetchall()
+    (documents,) = cur.execute(sql.SQL("SELECT count(*) FROM {}").format(names.t)).fetchone()
+    weights = [(math.log((documents - df + 0.5) / (df + 0.5) + 1.0), held) for _, df, held in rows]
+    total = sum(weight for weight, _ in weights)
+    return 0.0 if total <= 0 else min(1.0, sum(w for w, held in weights if held) / total)
+
+
+def keyword_texts(cur, names: Names, keys: list[str]) -> dict[str, str]:
+    """key -> the text its vector was made from, for those that have text."""
+    return dict(cur.execute(
+        sql.SQL("SELECT record_id, body FROM {} WHERE record_id = ANY(%s) AND body IS NOT NULL")
+        .format(names.t), (keys,),
+    ).fetchall())

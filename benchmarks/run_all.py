@@ -22,6 +22,8 @@ SCRIPTS = (
     "bench_cold_open.py",
     "bench_memory.py",
     "bench_encoder.py",
+    "eval/score.py",
+    "bench_hybrid.py",
 )
 #: ``make bench-scale`` (``--scale``): issue 12's figures at 100k and 1M records.
 SCALE_SCRIPTS = (

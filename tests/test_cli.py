@@ -200,7 +200,8 @@ def test_one_failing_database_does_not_stop_the_others(data_dir):
 
 def test_search_merges_databases_by_distance(data_dir):
     assert cli("backfill", "--data-dir", data_dir, *HASH).returncode == 0
-    out = cli("search", "database is locked", "--top-k", "4", "--json", "--data-dir", data_dir, *HASH)
+    out = cli("search", "database is locked", "--top-k", "4", "--json", "--mode", "vector",
+              "--data-dir", data_dir, *HASH)
     assert out.returncode == 0, out.stderr
     hits = json.loads(out.stdout)
     assert len(hits) == 4
@@ -210,8 +211,42 @@ def test_search_merges_databases_by_distance(data_dir):
     kinds = json.loads(cli("search", "database is locked", "--kind", "known_error", "--json",
                            "--data-dir", data_dir, *HASH).stdout)
     assert [h["kind"] for h in kinds] == ["known_error"]
-    text = cli("search", "database is locked", "--data-dir", data_dir, *HASH).stdout
-    assert text.splitlines()[0].split()[:3] == ["distance", "database", "kind"]
+    text = cli("search", "database is locked", "--mode", "vector", "--data-dir", data_dir,
+               *HASH).stdout
+    assert text.splitlines()[0].split()[:3] == ["distance", "vector#", "keyword#"]
+
+
+def test_search_modes_and_each_sides_rank(data_dir):
+    assert cli("backfill", "--data-dir", data_dir, *HASH).returncode == 0
+    hybrid = json.loads(cli("search", "database is locked", "--json", "--data-dir", data_dir,
+                            *HASH).stdout)  # hybrid is the default
+    assert hybrid and all(h["mode"] == "hybrid" for h in hybrid)
+    assert [h["score"] for h in hybrid] == sorted((h["score"] for h in hybrid), reverse=True)
+    assert hybrid[0]["keyword_rank"] == 1 and hybrid[0]["vector_rank"] is not None
+    keyword = json.loads(cli("search", "supplier invoices", "--mode", "keyword", "--json",
+                             "--data-dir", data_dir, *HASH).stdout)
+    assert keyword[0]["record"]["name"] == "invoice-bot"
+    assert keyword[0]["distance"] is None and keyword[0]["vector_rank"] is None
+    table = cli("search", "database is locked", "--data-dir", data_dir, *HASH).stdout
+    assert table.splitlines()[0].split()[:4] == ["score", "distance", "vector#", "keyword#"]
+
+
+def test_search_where_filters_and_refuses_unknown_fields(data_dir):
+    assert cli("backfill", "--data-dir", data_dir, *HASH).returncode == 0
+    out = cli("search", "customer", "--where", "name=mail-bot", "--json", "--data-dir", data_dir,
+              *HASH)
+    assert out.returncode == 0, out.stderr
+    assert [h["record"]["name"] for h in json.loads(out.stdout)] == ["mail-bot"]
+    out = cli("search", "customer", "--where", "name~%bot", "--where", "purpose~%invoices%",
+              "--json", "--data-dir", data_dir, *HASH)
+    assert out.returncode == 0, out.stderr
+    assert [h["record"]["name"] for h in json.loads(out.stdout)] == ["invoice-bot"]
+    twice = cli("search", "x", "--where", "name=a", "--where", "name=b", "--data-dir", data_dir)
+    assert twice.returncode == 2 and "twice" in twice.stderr
+    bad = cli("search", "customer", "--where", "colour=red", "--data-dir", data_dir, *HASH)
+    assert bad.returncode == 2 and "field(s) colour" in bad.stderr and "purpose" in bad.stderr
+    syntax = cli("search", "customer", "--where", "status", "--data-dir", data_dir, *HASH)
+    assert syntax.returncode == 2 and "FIELD=VALUE" in syntax.stderr
 
 
 def test_stats_verify_rebuild(data_dir):

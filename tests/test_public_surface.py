@@ -147,6 +147,7 @@ NAMES = {
         "timestamp=<factory>, *, id=None)"
     ),
     "HashingEncoder": "class(dim=64)",
+    "HybridHit": "class(record_id, score, distance, vector_rank, keyword_rank)",
     "InfoDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
         "embedding_version=1, encoder=None, data_dir=None, index_type=None, index_options=None, "
@@ -176,7 +177,9 @@ NAMES = {
         "source_url='', data_depth=0.0, notes='', associated_bots=<factory>, "
         "associated_errors=<factory>, energy=1, corroboration_count=0, timestamp=<factory>, *, id=None)"
     ),
-    "SearchHit": "class(record_id, kind, distance, record)",
+    "SearchHit": (
+        "class(record_id, kind, distance, record, score=None, vector_rank=None, keyword_rank=None)"
+    ),
     "SentenceTransformerEncoder": (
         "class(model_name='sentence-transformers/all-MiniLM-L6-v2', device=None)"
     ),
@@ -290,9 +293,13 @@ MIXIN = {
     "remove_embedding": "method(self, record_id)",
     "remove_embeddings": "method(self, record_ids)",
     "save_index": "method(self)",
-    "search_by_keyword": "method(self, text, top_k=10, *, kind=None)",
-    "search_by_text": "method(self, text, top_k=10, *, kind=None)",
-    "search_by_vector": "method(self, vector, top_k=10, *, kind=None)",
+    "search_by_keyword": "method(self, text, top_k=10, *, kind=None, ids=None)",
+    "search_hybrid": (
+        "method(self, text, top_k=10, *, kind=None, ids=None, weights=(1.0, 1.0), rrf_k=20, "
+        "adaptive=True, reranker=None, rerank_candidates=50)"
+    ),
+    "search_by_text": "method(self, text, top_k=10, *, kind=None, ids=None)",
+    "search_by_vector": "method(self, vector, top_k=10, *, kind=None, ids=None)",
     "store_embeddings": "method(self, rows)",
     "try_add_embedding": "method(self, record_id, record, kind, *, source_id='')",
     "update_embedding_version": "method(self, record_id, *, embedding_version=None)",
@@ -317,7 +324,7 @@ RECORD_DB = {
     "resolve_paths": (
         "classmethod(path=None, *, data_dir=None, index_path=None, metadata_path=None)"
     ),
-    "search": "method(self, query, top_k=5, *, kind=None)",
+    "search": "method(self, query, top_k=5, *, kind=None, mode=None, where=None, reranker=None)",
     "update": "method(self, record_id, /, *, kind=None, **fields)",
     "vector_key": "method(self, record_id, kind=None)",
 }

@@ -51,6 +51,7 @@ _HOME: dict[str, str] = {
     **dict.fromkeys(_REPORTS, "reports"),
     **dict.fromkeys(_DATABASES, "databases"),
     "EmbeddableDBMixin": "mixin",
+    "HybridHit": "fusion",
 }
 
 
@@ -76,6 +77,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         get_encoder,
     )
     from .errors import *  # noqa: F403
+    from .fusion import HybridHit  # noqa: F401
     from .mixin import EmbeddableDBMixin  # noqa: F401
     from .reports import (  # noqa: F401
         BackfillInterrupted,

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import backfill
+from . import backfill, fusion
 from . import validation as check
 from .encoder import model_identity
 from .encoding import Encoding, Failure, Pending, fingerprinted, raise_first
@@ -254,41 +254,88 @@ class EmbeddableDBMixin:
         return self._engine.model_counts()
 
     def search_by_vector(
-        self, vector: Any, top_k: int = 10, *, kind: str | None = None
+        self, vector: Any, top_k: int = 10, *, kind: str | None = None, ids: Any = None
     ) -> list[tuple[str, float]]:
-        """``(record_id, distance)`` best first; distance = 1 - cosine similarity."""
-        top_k = check.check_top_k(top_k)
-        if kind is not None:
-            kind = check.check_kind(kind, self.embedding_kinds)
+        """``(record_id, distance)`` best first; distance = 1 - cosine similarity.
+
+        ``kind`` and ``ids`` (record ids to search within) filter the search, not its answer:
+        it still returns ``top_k`` hits whenever that many records match (a small ``ids`` set
+        is searched exactly, a large one by a widened ANN search)."""
+        top_k, kind, ids = self._search_filters(top_k, kind, ids)
         self._ensure_open()
-        return self._engine.search(vector, top_k, kind)
+        return self._engine.search(vector, top_k, kind, ids)
 
     def search_by_text(
-        self, text: Any, top_k: int = 10, *, kind: str | None = None
+        self, text: Any, top_k: int = 10, *, kind: str | None = None, ids: Any = None
     ) -> list[tuple[str, float]]:
-        top_k = check.check_top_k(top_k)
-        return self.search_by_vector(self.encode_texts([text])[0], top_k, kind=kind)
+        top_k, kind, ids = self._search_filters(top_k, kind, ids)
+        return self.search_by_vector(self.encode_texts([text])[0], top_k, kind=kind, ids=ids)
 
     def search_by_keyword(
-        self, text: Any, top_k: int = 10, *, kind: str | None = None
+        self, text: Any, top_k: int = 10, *, kind: str | None = None, ids: Any = None
     ) -> list[tuple[str, float]]:
         """``(record_id, score)`` best first, higher is better: records whose embedded text
         contains any of the words of ``text``, ranked by BM25 (score = -bm25). The model is
         not called. Any text is a valid query: quotes, ``AND``/``OR``/``NOT``, ``*``, ``-``
-        and the like are searched as words, never as query syntax."""
+        and the like are searched as words, never as query syntax. ``kind`` and ``ids``
+        filter as in ``search_by_vector``."""
+        top_k, kind, ids = self._search_filters(top_k, kind, ids)
+        text = check.check_query(text)
+        self._ensure_open()
+        self._require_text("keyword search")
+        return self._engine.keyword_search(text, top_k, kind, ids)
+
+    def search_hybrid(
+        self,
+        text: Any,
+        top_k: int = 10,
+        *,
+        kind: str | None = None,
+        ids: Any = None,
+        weights: tuple[float, float] = (1.0, 1.0),
+        rrf_k: float = fusion.RRF_K,
+        adaptive: bool = True,
+        reranker: Any = None,
+        rerank_candidates: int = fusion.RERANK_CANDIDATES,
+    ) -> list[fusion.HybridHit]:
+        """Keyword and vector search fused: ``HybridHit(record_id, score, distance,
+        vector_rank, keyword_rank)`` best first, higher score is better.
+
+        Weighted reciprocal rank fusion (``fusion.py``): ``weights`` = (keyword, vector);
+        with ``adaptive`` the keyword weight also follows how much of the query's rare words
+        its best keyword match holds, so a paraphrase leans on the vectors and a name or an
+        error code on the words. Each side gives ``fusion.candidates(top_k, rrf_k)``
+        candidates (at least 100). ``reranker``: any object with ``rank(query, texts) ->
+        scores`` (higher is better, e.g. a local cross-encoder); it reorders the best
+        ``rerank_candidates`` fused hits, and each hit's score is then the reranker's.
+        ``kind`` and ``ids`` filter as in ``search_by_vector``. One model call."""
+        top_k, kind, ids = self._search_filters(top_k, kind, ids)
+        text = check.check_query(text)
+        weights, rrf_k = check.check_fusion(weights, rrf_k, adaptive)
+        rerank_candidates = check.check_top_k(rerank_candidates, "rerank_candidates")
+        self._ensure_open()
+        self._require_text("hybrid search")
+        vector = self.encode_texts([text])[0]  # no lock held while encoding
+        return fusion.hybrid_search(
+            self._engine, vector, text, top_k, kind=kind, ids=ids, weights=weights,
+            rrf_k=rrf_k, adaptive=adaptive, reranker=reranker,
+            rerank_candidates=rerank_candidates,
+        )
+
+    def _search_filters(self, top_k: Any, kind: Any, ids: Any) -> tuple[int, str | None, Any]:
         top_k = check.check_top_k(top_k)
         if kind is not None:
             kind = check.check_kind(kind, self.embedding_kinds)
-        text = check.check_query(text)
-        self._ensure_open()
+        return top_k, kind, check.check_ids(ids)
+
+    def _require_text(self, what: str) -> None:
         if self._text_of() is None:
             name = type(self).__name__
             raise EmbeddingError(
-                f"{name} has no text to search: keyword search needs embedding_text(record), "
+                f"{name} has no text to search: {what} needs embedding_text(record), "
                 f"and {name} implements only vector(record); implement embedding_text and run "
                 "backfill_embeddings()"
             )
-        return self._engine.keyword_search(text, top_k, kind)
 
     # -- backfill (backfill.py) ----------------------------------------------------------------------
     def backfill_embeddings(

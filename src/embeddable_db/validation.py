@@ -76,6 +76,19 @@ def record_keys(record_ids: Any) -> list[str]:
     return [record_key(record_id) for record_id in many(record_ids, "record_ids")]
 
 
+def check_ids(ids: Any) -> list[str] | None:
+    """A search's ``ids=`` filter: None (no filter) or the distinct keys of an iterable of
+    record ids (``ids="12"`` is refused: it would search records "1" and "2")."""
+    if ids is None:
+        return None
+    if isinstance(ids, str | bytes | bytearray) or not isinstance(ids, Iterable):
+        raise InvalidInputError(
+            f"ids must be a list (or other iterable) of record ids, got "
+            f"{type(ids).__name__}: {_short(ids)}; for one record pass [{_short(ids)}]"
+        )
+    return list(dict.fromkeys(record_key(record_id) for record_id in ids))
+
+
 def check_items(items: Any) -> list[tuple[Any, Any, Any]]:
     """``add_embeddings`` items: (record_id, record, kind) triples."""
     checked = []
@@ -198,12 +211,34 @@ def check_dimension(dim: Any, what: str) -> int:
     return int(dim)
 
 
-def check_top_k(top_k: Any) -> int:
+def check_top_k(top_k: Any, what: str = "top_k") -> int:
     if type(top_k) is int and top_k >= 1:  # the common case, without the ABC check
         return top_k
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-        raise InvalidInputError(f"top_k must be a positive int, got {top_k!r}")
+        raise InvalidInputError(f"{what} must be a positive int, got {top_k!r}")
     return int(top_k)
+
+
+def check_fusion(weights: Any, rrf_k: Any, adaptive: Any) -> tuple[tuple[float, float], float]:
+    """Hybrid search's ``weights`` (keyword, vector: two finite numbers >= 0, not both 0),
+    ``rrf_k`` (a finite number >= 0) and ``adaptive`` (a bool)."""
+    def number(value: Any) -> bool:
+        return (not isinstance(value, bool) and isinstance(value, numbers.Real)
+                and math.isfinite(value) and value >= 0)
+
+    if (
+        not isinstance(weights, tuple | list) or len(weights) != 2
+        or not all(number(w) for w in weights) or not any(weights)
+    ):
+        raise InvalidInputError(
+            f"weights must be (keyword weight, vector weight): two numbers >= 0, not both 0; "
+            f"got {_short(weights)}"
+        )
+    if not number(rrf_k):
+        raise InvalidInputError(f"rrf_k must be a number >= 0 (e.g. 10 or 60), got {rrf_k!r}")
+    if not isinstance(adaptive, bool):
+        raise InvalidInputError(f"adaptive must be True or False, got {adaptive!r}")
+    return (float(weights[0]), float(weights[1])), float(rrf_k)
 
 
 def check_batch_size(batch_size: Any) -> int:

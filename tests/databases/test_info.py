@@ -20,9 +20,10 @@ def test_keyword_search_follows_add_update_delete(open_db):
     solar = db.add(ResearchItem("solar power", content="perovskite cells gain efficiency",
                                 tags=["energy", "photovoltaics"]))
     assert _titles(db.search_keywords("bleaching")) == ["Reef bleaching"]
-    assert _titles(db.search_keywords("photovolt")) == ["solar power"]  # prefixes match, tags too
-    assert db.search_keywords("ocean heatwaves")[0].id == reef  # every word, any column
-    assert db.search_keywords("ocean perovskite") == []
+    assert _titles(db.search_keywords("photovoltaics")) == ["solar power"]  # tags too
+    assert db.search_keywords("photovolt") == []  # whole words, as every store's keyword search
+    assert db.search_keywords("ocean heatwaves")[0].id == reef
+    assert {i.id for i in db.search_keywords("ocean perovskite")} == {reef, solar}  # any word
     db.update(solar, content="wind turbines in the north sea")
     assert db.search_keywords("perovskite") == []
     assert _titles(db.search_keywords("turbines")) == ["solar power"]
@@ -30,25 +31,35 @@ def test_keyword_search_follows_add_update_delete(open_db):
     assert db.search_keywords("bleaching") == []
 
 
-def test_keyword_search_sees_plain_sql_and_odd_terms(open_db):
+def test_keyword_search_sees_plain_sql_after_backfill_and_odd_terms(open_db, encoder):
     db = open_db(InfoDB)
     db.add(ResearchItem("sourdough", content="wild yeast fermentation"))
     sql(db, "INSERT INTO info (topic, content) VALUES ('kombucha', 'tea fermentation')")
+    assert _titles(db.search_keywords("fermentation")) == ["sourdough"]
+    db.backfill_embeddings()
     assert sorted(_titles(db.search_keywords("fermentation"))) == ["kombucha", "sourdough"]
-    assert db.search_keywords('"yeast" AND NEAR( OR *') == []  # query syntax is not interpreted
+    calls = encoder.calls
+    assert _titles(db.search_keywords('"yeast" AND NEAR( OR *')) == ["sourdough"]  # just words
     assert _titles(db.search_keywords('yeast"')) == ["sourdough"]
+    assert encoder.calls == calls  # keyword search never calls the model
     assert len(db.search_keywords("fermentation", limit=1)) == 1
     with pytest.raises(ValueError, match="no words"):
         db.search_keywords("  -- ")
 
 
-def test_fts_index_is_rebuilt_for_a_table_that_lacked_it(open_db, tmp_path):
+def test_the_old_fts_table_and_triggers_are_dropped_and_the_keyword_index_kept(open_db, tmp_path):
     db = open_db(InfoDB, tmp_path / "old.db")
     db.add(ResearchItem("glaciers", content="ice cores record past climate"))
     db.close()
-    sql(db, "DROP TABLE info_fts")
+    sql(db, "CREATE VIRTUAL TABLE info_fts USING fts5(topic, content, content='info', "
+            "content_rowid='id')")
+    sql(db, "CREATE TRIGGER info_fts_insert AFTER INSERT ON info BEGIN "
+            "INSERT INTO info_fts(rowid, topic, content) VALUES (new.id, new.topic, new.content); END")
     again = open_db(InfoDB, tmp_path / "old.db")
+    names = {row[0] for row in again.conn.execute("SELECT name FROM sqlite_master")}
+    assert "info_fts" not in names and "info_fts_insert" not in names
     assert _titles(again.search_keywords("climate")) == ["glaciers"]
+    assert again.verify_index().ok
 
 
 @pytest.mark.model

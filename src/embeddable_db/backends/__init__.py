@@ -67,6 +67,11 @@ class VectorIndex(ABC):
         them with SQLite, which catches a vector damaged inside the file."""
         raise NotImplementedError(f"{self.name} cannot read back its vectors")
 
+    def vectors_of(self, labels: np.ndarray) -> np.ndarray | None:
+        """The vectors of these labels (all held by the index), one row each, read in bulk:
+        how a search within a small set of ids scores them exactly. None: not available."""
+        return None
+
     @property
     def exact(self) -> bool:
         """True when search results equal a brute-force scan."""

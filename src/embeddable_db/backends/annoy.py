@@ -46,6 +46,11 @@ MAX_SEARCH_K = 100_000_000
 MAX_EXACT_BELOW = 100_000_000
 
 
+def _node_dtype(dim: int) -> np.dtype:
+    """An angular item as Annoy lays it out: int32 descendants (1), two int32 children, floats."""
+    return np.dtype([("descendants", "<i4"), ("children", "<i4", 2), ("v", "<f4", dim)])
+
+
 def default_search_k(n: int) -> int:
     """``search_k`` for an index of ``n`` items: recall at a fixed search_k falls as n grows,
     so it grows past 100k items, as a power of n through the two measured points."""
@@ -81,6 +86,7 @@ class AnnoyVectorIndex(VectorIndex):
         self._path: str | None = None  # the file loaded, for stored_items
         self._labels = np.empty(0, np.int64)
         self._matrix: np.ndarray | None = None
+        self._items = None
 
     def params(self) -> dict:
         return {"n_trees": self.n_trees}
@@ -132,6 +138,7 @@ class AnnoyVectorIndex(VectorIndex):
     def _use(self, labels: np.ndarray) -> None:
         self._labels = np.asarray(labels, np.int64)
         self._matrix = None
+        self._items = None  # the mapped file's items, read by vectors_of when first asked
         self.effective_search_k = self.search_k or default_search_k(len(labels))
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,6 +156,34 @@ class AnnoyVectorIndex(VectorIndex):
         # Annoy's angular distance is sqrt(2 - 2 cos) on unit vectors: 1 - cos = d^2 / 2.
         return self._labels[np.asarray(positions, np.int64)], angular * angular / 2.0
 
+    def vectors_of(self, labels: np.ndarray) -> np.ndarray | None:
+        """From the exact-scan copy, or gathered from the mapped file in one numpy step when
+        it has the layout ``stored_items`` checks; else item by item."""
+        positions = np.searchsorted(self._labels, np.asarray(labels, np.int64))
+        if self._matrix is not None:
+            return self._matrix[positions]
+        if self._items is None:
+            self._items = self._mapped_items()
+        if self._items is not False:
+            return np.array(self._items["v"][positions], np.float32)
+        get = self._index.get_item_vector
+        return np.array([get(int(p)) for p in positions], np.float32).reshape(-1, self.dim)
+
+    def _mapped_items(self):
+        """The file's items as a read-only numpy map (False when the layout is not Annoy's
+        usual one, which the first and last items are checked against)."""
+        n = len(self._labels)
+        node = _node_dtype(self.dim)
+        if self._path is None or n == 0 or os.path.getsize(self._path) < n * node.itemsize:
+            return False
+        items = np.memmap(self._path, node, mode="r", shape=(n,))
+        ends_agree = all(
+            items["descendants"][i] == 1
+            and np.array_equal(items["v"][i], np.asarray(self._index.get_item_vector(i), np.float32))
+            for i in (0, n - 1)
+        )
+        return items if ends_agree else False
+
     def stored_items(self) -> tuple[np.ndarray, np.ndarray]:
         """The vectors as the file holds them (never the exact-scan copy in memory). Read as
         Annoy lays out an angular item (int32 descendants = 1, two int32 children, the floats)
@@ -156,7 +191,7 @@ class AnnoyVectorIndex(VectorIndex):
         n = len(self._labels)
         if self._index is None or n == 0:
             return self._labels, np.empty((0, self.dim), np.float32)
-        node = np.dtype([("descendants", "<i4"), ("children", "<i4", 2), ("v", "<f4", self.dim)])
+        node = _node_dtype(self.dim)
         if self._path is not None and os.path.getsize(self._path) >= n * node.itemsize:
             items = np.fromfile(self._path, node, count=n)
             if (items["descendants"] == 1).all() and np.array_equal(

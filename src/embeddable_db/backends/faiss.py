@@ -208,5 +208,11 @@ class FaissVectorIndex(VectorIndex):
         vectors = self._index.index.reconstruct_n(0, n)  # flat and HNSW keep raw float32
         return labels, np.asarray(vectors, np.float32).reshape(n, self.dim)
 
+    def vectors_of(self, labels: np.ndarray) -> np.ndarray | None:
+        if not len(labels):
+            return np.empty((0, self.dim), np.float32)
+        vectors = self._index.reconstruct_batch(np.asarray(labels, np.int64))  # by id (IDMap2)
+        return np.asarray(vectors, np.float32).reshape(len(labels), self.dim)
+
     def __len__(self) -> int:
         return self._count

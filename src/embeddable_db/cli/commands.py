@@ -4,7 +4,6 @@ error, 130 interrupted (Ctrl-C at any moment: one line, no traceback)."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ from ..databases import REGISTRY
 from ..encoder import get_encoder
 from ..errors import EmbeddingError
 from ..reports import MODEL_SWITCH_PROBLEM, BackfillInterrupted, BackfillPlan, BackfillResult
+from . import hits as hits_out
 from .output import GuardedOutput, Progress, clean, dumps, human_bytes, print_table, warn
 from .parser import UsageError, build_parser
 from .stores import (
@@ -154,6 +154,9 @@ def run_search(args: argparse.Namespace) -> int:
         if args.kind not in kinds:
             raise UsageError(f"{where} unknown kind {args.kind!r}: choose from {', '.join(kinds)}")
         args.db = [n for n in args.db if args.kind in (REGISTRY[n].embedding_kinds or ())]
+    filters = hits_out.parse_where(args.where, where)
+    if filters:
+        args.db = hits_out.databases_with(args.db, set(filters), args.kind, where)
     targets, models = prepare(args, reads=True)
     hits: list[tuple[str, Any, str]] = []
     queries: dict[str, Any] = {}  # model -> the query's vector: one encoding per model
@@ -162,36 +165,25 @@ def run_search(args: argparse.Namespace) -> int:
         with open_db(target, args, model=models[target.name], read_only=True) as db:
             if db.embedding_count() == 0:
                 return True
-            if db.model_id not in queries:
-                queries[db.model_id] = db.encode_texts([args.query])[0]
-            for hit in db.search(queries[db.model_id], args.top_k, kind=args.kind):
+            query: Any = args.query
+            if args.mode == "vector":
+                if db.model_id not in queries:
+                    queries[db.model_id] = db.encode_texts([args.query])[0]
+                query = queries[db.model_id]
+            for hit in db.search(query, args.top_k, kind=args.kind, mode=args.mode,
+                                 where=filters):
                 hits.append((target.name, hit, " ".join(db.embedding_text(hit.record).split())))
         return True
 
     code = for_each_db(targets, work)
-    hits.sort(key=lambda found: found[1].distance)
-    hits = hits[: args.top_k]
+    hits = hits_out.merged(hits, args.mode, args.top_k)
     if args.json:
-        print(dumps([hit_json(name, hit) for name, hit, _ in hits]))
+        print(dumps([hits_out.hit_json(name, hit, args.mode) for name, hit, _ in hits]))
     elif hits:
-        lines = [("distance", "database", "kind", "id", "text")]
-        for name, hit, text in hits:
-            lines.append((f"{hit.distance:.3f}", name, hit.kind, hit.record_id,
-                          text[:70] + ("…" if len(text) > 70 else "")))
-        print_table(lines)
+        print_table(hits_out.table_rows(hits, args.mode))
     else:
         print("no hits (have the databases been backfilled?)")
     return code
-
-
-def hit_json(name: str, hit: Any) -> dict[str, Any]:
-    return {
-        "database": name,
-        "record_id": hit.record_id,
-        "kind": hit.kind,
-        "distance": round(float(hit.distance), 6),
-        "record": dataclasses.asdict(hit.record),
-    }
 
 
 # -- stats, verify, rebuild -----------------------------------------------------------------------

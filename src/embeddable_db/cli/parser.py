@@ -105,11 +105,25 @@ def build_parser(prog: str = "embeddable-db") -> Parser:
                           help="let --model differ from the model a database's vectors were made "
                           "by: re-embeds all of it")
 
-    search = commands.add_parser("search", help="semantic search across databases")
+    search = commands.add_parser(
+        "search", help="hybrid, vector or keyword search across databases",
+        epilog="example: embeddable-db search 'invoice reminders' --mode hybrid "
+        "--where status=active --where 'estimated_profit>=10'",
+    )
     search.add_argument("query")
     common(search, reads)
     search.add_argument("--top-k", type=positive_int, default=5)
     search.add_argument("--kind", default=None, help="only hits of this kind")
+    search.add_argument(
+        "--mode", choices=("hybrid", "vector", "keyword"), default="hybrid",
+        help="hybrid (default: keywords and vectors fused, best on the labelled set), vector "
+        "(by meaning) or keyword (by words; the model is not loaded)",
+    )
+    search.add_argument(
+        "--where", action="append", metavar="FIELD=VALUE",
+        help="only records whose FIELD matches (repeatable, all must hold); also FIELD!=, <, "
+        "<=, >, >= VALUE and FIELD~PATTERN (SQL like)",
+    )
     search.add_argument("--json", action="store_true", help="print hits as JSON")
 
     for name, text, backend_help in (

@@ -36,31 +36,14 @@ from ..errors import EmbeddingError, InvalidInputError
 from ..handle import sqlite_error
 from ..mixin import EmbeddableDBMixin
 from ..options import StoreOptions, database_paths, option_keywords
+from . import searching
 from .opening import check_schema, connect, create_schema, serialised
 from .records import TableSpec, UnreadableRow, positive_int, row_id, utc_now
+from .searching import SearchHit
 
 log = logging.getLogger(__name__)
 
 PAGE = 500  # rows read per query by iter_records
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SearchHit:
-    """One search result, the same shape for all six databases.
-
-    ``record_id`` is the row id (what ``get(record_id, kind=kind)`` takes), ``distance`` is
-    ``1 - cosine similarity`` (0 = same direction, lower is better) and ``record`` the record.
-    """
-
-    record_id: int
-    kind: str
-    distance: float
-    record: Any
-
-    @property
-    def key(self) -> str:
-        """The id of the hit's vector in the embeddings table, e.g. ``"bot:12"``."""
-        return f"{self.kind}:{self.record_id}"
 
 
 class RecordDB(EmbeddableDBMixin):
@@ -353,46 +336,50 @@ class RecordDB(EmbeddableDBMixin):
         return self._reader().execute(f"SELECT COUNT(*) FROM {spec.table}").fetchone()[0]
 
     # -- search ------------------------------------------------------------------------------------
-    def search(self, query: Any, top_k: int = 5, *, kind: str | None = None) -> list[SearchHit]:
-        """The ``top_k`` records nearest to ``query`` (a text or a vector), best first.
+    def search(
+        self,
+        query: Any,
+        top_k: int = 5,
+        *,
+        kind: str | None = None,
+        mode: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        reranker: Any = None,
+    ) -> list[SearchHit]:
+        """The ``top_k`` records best matching ``query`` (a text or a vector), best first.
 
-        Vectors whose rows have vanished (deleted with plain SQL, awaiting backfill) are skipped;
-        the search then asks for more, so it still returns ``top_k`` hits when that many exist.
+        ``mode``: ``"vector"``, ``"keyword"`` or ``"hybrid"`` (default: hybrid for a text, the
+        benchmark's winner; vector for a vector). ``where``: field -> value, or field ->
+        (operator, value) with an operator among ``= != < <= > >= in like``, on the record
+        dataclass's fields (an unknown one is a ``ValueError`` naming the valid ones); the
+        filter runs before the search, so it still returns ``top_k`` when that many match.
+        ``reranker`` (hybrid mode): an object with ``rank(query, texts) -> scores``.
+        Vectors whose rows have vanished (deleted with plain SQL, awaiting backfill) are
+        skipped; the search then asks for more.
         """
         self._ensure_open()
         top_k = check.check_top_k(top_k)
-        vector = self.encode_texts([query])[0] if isinstance(query, str | bytes) else query
+        mode = searching.check_mode(mode, query)
+        if reranker is not None and mode != "hybrid":
+            raise InvalidInputError("reranker= reorders hybrid results: pass mode='hybrid'")
+        if kind is not None:
+            kind = self._spec(kind).kind
+        with self.embedding_lock:
+            ids = searching.matching_keys(self, where, kind)
+        if mode == "vector" and isinstance(query, str | bytes):
+            query = self.encode_texts([query])[0]
         want = top_k
         while True:
-            found = self.search_by_vector(vector, want, kind=kind)
+            found = searching.found(self, query, want, kind=kind, mode=mode, ids=ids,
+                                    reranker=reranker)
             hits = self._resolve(found)
             if len(hits) >= top_k or len(found) < want:
                 return hits[:top_k]
             want *= 4
 
     @serialised
-    def _resolve(self, found: list[tuple[str, float]]) -> list[SearchHit]:
-        parsed = [(self._parse_key(key), distance) for key, distance in found]
-        wanted: dict[str, list[int]] = {}
-        for target, _ in parsed:
-            if target is not None:
-                wanted.setdefault(target[0].kind, []).append(target[1])
-        records: dict[tuple[str, int], Any] = {}
-        for kind, ids in wanted.items():
-            marks = ",".join("?" * len(ids))
-            for record in self._by_kind[kind].select(
-                self.conn, f"WHERE id IN ({marks})", ids, lenient=True
-            ):
-                if isinstance(record, UnreadableRow):
-                    log.warning("search: skipping a row that cannot be read: %s", record.error)
-                    continue
-                records[(kind, record.id)] = record
-        hits = []
-        for target, distance in parsed:
-            record = records.get((target[0].kind, target[1])) if target else None
-            if record is not None:
-                hits.append(SearchHit(target[1], target[0].kind, distance, record))
-        return hits
+    def _resolve(self, found: list[searching.Found]) -> list[SearchHit]:
+        return searching.resolve(self, found)
 
     # -- backfill ----------------------------------------------------------------------------------
     def iter_records(self) -> Iterator[tuple[str, Any, str]]:

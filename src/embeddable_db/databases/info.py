@@ -1,4 +1,4 @@
-"""InfoDB: research items, searchable by meaning and by keyword (SQLite FTS5)."""
+"""InfoDB: research items, searchable by meaning and by keyword."""
 
 from __future__ import annotations
 
@@ -13,25 +13,9 @@ from .timestamps import created_now
 CONTENT_CHARS = 2000
 _WORD = re.compile(r"\w+")
 
-_FTS_COLUMNS = "topic, title, tags, content"
-_FTS_SCHEMA = [
-    f"CREATE VIRTUAL TABLE IF NOT EXISTS info_fts USING fts5({_FTS_COLUMNS}, "
-    "content='info', content_rowid='id')",
-    f"""CREATE TRIGGER IF NOT EXISTS info_fts_insert AFTER INSERT ON info BEGIN
-        INSERT INTO info_fts(rowid, {_FTS_COLUMNS})
-        VALUES (new.id, new.topic, new.title, new.tags, new.content);
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS info_fts_delete AFTER DELETE ON info BEGIN
-        INSERT INTO info_fts(info_fts, rowid, {_FTS_COLUMNS})
-        VALUES ('delete', old.id, old.topic, old.title, old.tags, old.content);
-    END""",
-    f"""CREATE TRIGGER IF NOT EXISTS info_fts_update AFTER UPDATE ON info BEGIN
-        INSERT INTO info_fts(info_fts, rowid, {_FTS_COLUMNS})
-        VALUES ('delete', old.id, old.topic, old.title, old.tags, old.content);
-        INSERT INTO info_fts(rowid, {_FTS_COLUMNS})
-        VALUES (new.id, new.topic, new.title, new.tags, new.content);
-    END""",
-]
+#: What InfoDB kept before its keyword search moved into the store's own keyword index (issue
+#: 13): an FTS5 table over ``info`` and the triggers that kept it in step. Dropped at open.
+_OLD_FTS = ("info_fts_insert", "info_fts_delete", "info_fts_update")
 
 
 @dataclasses.dataclass
@@ -77,9 +61,8 @@ class InfoDB(RecordDB):
     category and the first 2,000 characters of the content. Not embedded: the source URL,
     notes, associated bots and errors, depth, energy, corroboration count and timestamp.
 
-    ``search_keywords`` searches topic, title, tags and content through the FTS5 table
-    ``info_fts``; triggers keep it in step with ``info`` on every insert, update and delete,
-    including those made with plain SQL.
+    ``search_keywords`` is keyword search over the embedded text (the store's keyword index,
+    as for every database; it replaced the FTS5 table ``info_fts`` of earlier versions).
     """
 
     name = "info"
@@ -87,33 +70,20 @@ class InfoDB(RecordDB):
     tables = (TableSpec("info", ResearchItem, "info"),)
 
     def _extra_schema(self) -> None:
-        new = not self.conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE name = 'info_fts'"
-        ).fetchone()
-        for statement in _FTS_SCHEMA:
-            self.conn.execute(statement)
-        if new:  # index the rows of a table made before the FTS table existed
-            self.conn.execute("INSERT INTO info_fts(info_fts) VALUES ('rebuild')")
+        """Drop the FTS5 table and triggers of an InfoDB made before issue 13: the store's
+        keyword index (the embedded text, written with each vector) replaces them."""
+        for trigger in _OLD_FTS:
+            self.conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        self.conn.execute("DROP TABLE IF EXISTS info_fts")
 
     @serialised
     def search_keywords(self, term: str, limit: int = 20) -> list[ResearchItem]:
-        """Items containing every word of ``term`` (words may be prefixes), best match first."""
+        """Items whose embedded text has the words of ``term``, best bm25 match first: the
+        keyword mode of ``search`` (``search(term, limit, mode="keyword")``), which does not
+        call the model. Rows written with plain SQL are found once a backfill has run."""
         if not isinstance(term, str):
             raise InvalidInputError(f"term must be a str, got {type(term).__name__}")
-        words = _WORD.findall(term)
-        if not words:
+        if not _WORD.search(term):
             raise InvalidInputError(f"search term {term!r} has no words to look for")
         limit = positive_int(limit, "limit")
-        query = " ".join('"' + word.replace('"', '""') + '"*' for word in words)
-        ids = [
-            row[0]
-            for row in self._reader().execute(
-                "SELECT rowid FROM info_fts WHERE info_fts MATCH ? ORDER BY rank LIMIT ?",
-                (query, limit),
-            )
-        ]
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        found = {item.id: item for item in self.tables[0].select(self.conn, f"WHERE id IN ({marks})", ids)}
-        return [found[i] for i in ids if i in found]
+        return [hit.record for hit in self.search(term, limit, mode="keyword")]

@@ -85,12 +85,25 @@ class Engine(Protocol):
 
     def model_counts(self) -> dict[str, int]: ...
 
-    def search(self, query: Any, top_k: int, kind: str | None) -> list[tuple[str, float]]:
-        """``(key, 1 - cosine)`` best first; with ``kind``, still ``top_k`` when that many."""
+    def search(
+        self, query: Any, top_k: int, kind: str | None, ids: list[str] | None = None
+    ) -> list[tuple[str, float]]:
+        """``(key, 1 - cosine)`` best first; with ``kind`` or ``ids`` (distinct keys to search
+        within), still ``top_k`` when that many match."""
 
-    def keyword_search(self, text: str, top_k: int, kind: str | None) -> list[tuple[str, float]]:
+    def keyword_search(
+        self, text: str, top_k: int, kind: str | None, ids: list[str] | None = None
+    ) -> list[tuple[str, float]]:
         """``(key, score)`` best first, higher is better: the records whose embedded text has
-        any of the words of ``text`` (any text is a valid query; never SQL or query syntax)."""
+        any of the words of ``text`` (any text is a valid query; never SQL or query syntax);
+        ``kind`` and ``ids`` filter as in ``search``."""
+
+    def keyword_coverage(self, text: str, best_score: float) -> float:
+        """0..1: how much of the query's information a keyword match scoring ``best_score``
+        holds (1: every informative word); hybrid search weighs the keyword side by it."""
+
+    def keyword_texts(self, keys: list[str]) -> dict[str, str]:
+        """key -> the text its vector was made from (what a reranker reads)."""
 
     # -- upkeep ----------------------------------------------------------------------------------
     def flush(self) -> None: ...

@@ -42,6 +42,7 @@ from ...errors import EmbeddingError, ModelConflictError
 from ...files import database_file
 from ...options import StoreOptions
 from ...reports import VerifyReport
+from .filtered import search_within
 from .index_files import IndexFiles, gc_paused
 from .live_index import LiveIndex
 from .live_view import LiveView
@@ -204,13 +205,19 @@ class SQLiteEngine:
         with self.lock:
             return self.store.model_counts()
 
-    def search(self, query: Any, top_k: int, kind: str | None) -> list[tuple[str, float]]:
+    def search(
+        self, query: Any, top_k: int, kind: str | None, ids: list[str] | None = None
+    ) -> list[tuple[str, float]]:
         with self.lock:
             self._refresh()
             vector = check.check_vector(query, self.dim, self.model_id)
+            if ids is not None:
+                return search_within(self.store, self.view.live, vector, top_k, kind, ids)
             return self.view.live.search(vector, top_k, kind)
 
-    def keyword_search(self, text: str, top_k: int, kind: str | None) -> list[tuple[str, float]]:
+    def keyword_search(
+        self, text: str, top_k: int, kind: str | None, ids: list[str] | None = None
+    ) -> list[tuple[str, float]]:
         with self.lock:
             if not self.store.keywords.ready and not self.store.keywords.empty:
                 raise EmbeddingError(
@@ -218,7 +225,15 @@ class SQLiteEngine:
                     "embeddable_db): open it once without read_only=True to add one, then run "
                     "backfill_embeddings() to fill it (the model is not called)"
                 )
-            return self.store.keywords.search(text, top_k, kind)
+            return self.store.keywords.search(text, top_k, kind, ids, len(self.view))
+
+    def keyword_coverage(self, text: str, best_score: float) -> float:
+        with self.lock:
+            return self.store.keywords.coverage(text, best_score, len(self.view))
+
+    def keyword_texts(self, keys: list[str]) -> dict[str, str]:
+        with self.lock:
+            return self.store.keywords.texts_of(keys)
 
     # -- keeping the live view current -------------------------------------------------------------
     def _refresh(self) -> None:

@@ -97,6 +97,16 @@ class ExactDelta:
             if b * self.BLOCK < n
         ]
 
+    def vectors(self, labels: list[int]) -> np.ndarray:
+        """The rows of these labels (all in the delta), in their order."""
+        rows = np.fromiter((self._row[label] for label in labels), np.int64, len(labels))
+        out = np.empty((len(labels), self.dim), np.float32)
+        blocks, offsets = np.divmod(rows, self.BLOCK)
+        for b in np.unique(blocks).tolist():
+            mine = blocks == b
+            out[mine] = self._blocks[b][offsets[mine]]
+        return out
+
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         used = self._used()
         if not used:
@@ -227,15 +237,39 @@ class LiveIndex:
             self.delta.clear()
         return True
 
+    def vectors_of(self, labels: list[int]) -> np.ndarray | None:
+        """The live vectors of these live labels, one row each: the delta's where it holds
+        them, else the backend's (None when the backend cannot read them back in bulk)."""
+        out = np.empty((len(labels), self.dim or 0), np.float32)
+        delta = self.delta
+        in_delta = [i for i, label in enumerate(labels) if delta is not None and label in delta]
+        if in_delta:
+            out[in_delta] = delta.vectors([labels[i] for i in in_delta])
+        if len(in_delta) < len(labels):
+            marked = set(in_delta)
+            rest = [i for i in range(len(labels)) if i not in marked]
+            found = None if self.backend is None else self.backend.vectors_of(
+                np.array([labels[i] for i in rest], np.int64))
+            if found is None:
+                return None
+            out[rest] = found
+        return out
+
     # -- search ------------------------------------------------------------------------------
-    def search(self, query: np.ndarray, k: int, kind: str | None = None) -> list[tuple[str, float]]:
-        """The ``k`` best (record_id, distance); with ``kind``, widen until ``k`` match or all seen."""
+    def search(
+        self, query: np.ndarray, k: int, kind: str | None = None, allowed: set[int] | None = None
+    ) -> list[tuple[str, float]]:
+        """The ``k`` best (record_id, distance); with ``kind`` or ``allowed`` (the labels a
+        filter keeps), widen until ``k`` match or all were seen. A filter keeping a share ``s``
+        of the records starts by asking for ``2k/s``: about twice what it should need."""
         live = len(self.table)
-        if live == 0 or k <= 0:
+        if live == 0 or k <= 0 or (allowed is not None and not allowed):
             return []
-        fetch = min(k, live)
+        fetch = min(k, live) if allowed is None else min(live, 2 * k * live // len(allowed) + k)
         while True:
             hits = self._search_labels(query, fetch)
+            if allowed is not None:
+                hits = [hit for hit in hits if hit[1] in allowed]
             found = self.table.lookup([label for _, label in hits])
             results = [
                 (entry[0], distance)

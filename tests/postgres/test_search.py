@@ -182,3 +182,18 @@ def test_keyword_coverage_and_texts_for_hybrid_search(open_store):
     assert engine.keyword_texts(["rare", "3", "absent"]) == {
         "rare": "common zebra", "3": "common filler number3"}
     assert engine.keyword_texts([]) == {}
+
+
+def test_the_public_ids_filter_and_hybrid_search_work_on_postgres(open_store):
+    store = open_store(encoder=make_encoder("hash:32"))
+    store.conn.cursor().executemany("INSERT INTO records VALUES (%s, %s, %s)", [
+        ("1", "database connection timeout", "a"), ("2", "timeout while parsing", "a"),
+        ("3", "the network is down", "b"), ("4", "disk full error E1234", "b"),
+    ])
+    store.backfill_embeddings()
+    assert {rid for rid, _ in store.search_by_text("timeout", top_k=10, ids=[2, 3])} == {"2", "3"}
+    assert [rid for rid, _ in store.search_by_keyword("timeout", ids=["2", "4"])] == ["2"]
+    hits = store.search_hybrid("E1234 disk", top_k=3)
+    assert hits[0].record_id == "4" and hits[0].keyword_rank == 1
+    assert [h.record_id for h in store.search_hybrid("timeout", top_k=4, kind="a")] in (
+        ["1", "2"], ["2", "1"])

@@ -66,7 +66,7 @@ def test_no_module_is_over_450_lines(name):
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_nothing_below_the_mixin_imports_it(name):
-    above = ("", "mixin", "databases", "cli")  # "" is the package's __init__
+    above = ("", "mixin", "databases", "tables", "cli")  # "" is the package's __init__
     if name.split(".")[0] in above:
         return
     assert "mixin" not in _imports(name, MODULES[name], top_level_only=False)

@@ -184,6 +184,10 @@ NAMES = {
         "class(model_name='sentence-transformers/all-MiniLM-L6-v2', device=None)"
     ),
     "StoreConflictError": "exception",
+    "TableStore": (
+        "class(path_or_connection, table, *, columns=None, template=None, key=None, where=None, "
+        "store=None, track_changes=True, **options)"
+    ),
     "TelemetryEvent": (
         "class(task_id='', bot_id='', error_type='', category='', root_cause='', stack_trace='', "
         "root_module='', module='', module_counts=<factory>, inferred_cause='', timestamp=<factory>, "
@@ -294,6 +298,7 @@ MIXIN = {
     "remove_embeddings": "method(self, record_ids)",
     "save_index": "method(self)",
     "search_by_keyword": "method(self, text, top_k=10, *, kind=None, ids=None)",
+    "keyword_coverage": "method(self, text)",
     "search_hybrid": (
         "method(self, text, top_k=10, *, kind=None, ids=None, weights=(1.0, 1.0), rrf_k=20, "
         "adaptive=True, reranker=None, rerank_candidates=50)"

@@ -52,6 +52,7 @@ _HOME: dict[str, str] = {
     **dict.fromkeys(_DATABASES, "databases"),
     "EmbeddableDBMixin": "mixin",
     "HybridHit": "fusion",
+    "TableStore": "tables",
 }
 
 
@@ -85,5 +86,6 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         BackfillResult,
         VerifyReport,
     )
+    from .tables import TableStore  # noqa: F401
 
 __all__ = sorted(_HOME)

@@ -16,6 +16,11 @@ decisions without calling the model.
 A record whose vector is current but has no keyword row (a store made before the keyword
 index, migrated on open) gets its text written to the keyword index, ``FILL_CHUNK`` records per
 committed write, with no model call: its text hash shows the vector was made from that text.
+
+A store that records its own changes (``TableStore``: triggers append the keys of changed rows
+to a table) gives ``Source.only``, the keys changed since its last backfill, and yields only
+their records; ``Source.completed`` lets it forget those changes once the run has finished.
+Every other store is walked in full, as above.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +63,14 @@ class Source:
     embedding_version: int
     #: Vectors for fingerprinted items; an item that fails is added to the failures instead.
     embed: Callable[[list[Pending], list[Failure]], list[VectorRow]]
+    #: Set by a store that records its own changes (``TableStore``'s triggers): the only keys
+    #: whose records may differ from their vectors. ``records`` then yields (some of) these
+    #: keys alone, and vanished records are looked for among them, so a backfill after no
+    #: change reads nothing. None: every record is read.
+    only: Collection[str] | None = None
+    #: Called with the result once a backfill has run to its end (not a dry run or a plan,
+    #: not an interrupted run): such a store may then forget the changes it handed over.
+    completed: Callable[[BackfillResult], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +177,9 @@ def run(
             if gone:
                 engine.remove(gone)
             engine.settle()  # inside: Ctrl-C while saving is reported the same way
+        if source.completed is not None:
+            counted()
+            source.completed(result)
     except KeyboardInterrupt as exc:
         result.interrupted = True
         result.seconds = time.perf_counter() - started
@@ -308,5 +324,10 @@ class _Walk:
         self._fills = []
 
     def orphans(self) -> list[str]:
-        """Stored vectors (as of the walk's start) whose records were not read."""
+        """Stored vectors (as of the walk's start) whose records were not read; for a store
+        that says which keys changed (``Source.only``), only those keys are looked at."""
+        only = self.source.only
+        if only is not None:
+            unseen = [key for key in only if key not in self.seen]
+            return sorted(self.engine.states_of(unseen)) if unseen else []
         return self.engine.unseen_keys(self.seen, self.through_seq)

@@ -13,11 +13,11 @@ the words' IDF), so a match of all the rare words scores about 1 and a match of 
 (coverage ~0.4) next to nothing. ``adaptive=False`` gives plain weighted RRF.
 
 The constants were chosen on the labelled set (143 queries over 5,178 stdlib docstrings),
-from a grid of gain 1-6, power 2-8 and rrf_k 10/20/60; the README gives the table. Equal RRF
-(k 60) read nDCG@10 0.181 on paraphrases (vector alone: 0.385); gain 3, power 3, rrf_k 10
-read 0.375 on paraphrases, 0.842 on literal queries (keyword alone: 0.881) and 0.588 overall
-(vector alone 0.501). The region is flat: gain 3-4, power 3, rrf_k 10-20 all meet the
-targets; rrf_k 60 (LanceDB's default) gives the keyword side's noise too much weight.
+from a grid of gain 1-6, power 2-8 and rrf_k 10/20/60; the README gives the table. Through the
+store, equal RRF (k 60) read nDCG@10 0.199 on paraphrases (vector alone: 0.385); gain 3,
+power 3, rrf_k 20 read 0.378 on paraphrases, 0.856 on literal queries (keyword alone: 0.894)
+and 0.595 overall (vector alone 0.501). The region is flat (gain 3-4, power 3, rrf_k 10-20
+all came close), but rrf_k 60 (LanceDB's default) lets the keyword side's noise in.
 
 How many candidates each side gives (``candidates``): enough that no record missing from both
 lists could enter the fused top k. A record beyond depth ``D`` on both sides scores less than

@@ -322,6 +322,16 @@ class EmbeddableDBMixin:
             rerank_candidates=rerank_candidates,
         )
 
+    def keyword_coverage(self, text: Any) -> float:
+        """0..1: how much of the query's information (its rare words most) the best keyword
+        match holds; ``search_hybrid`` weighs the keyword side by it. Given for fusing the
+        searches of several stores into one ranking (``embeddable-db search`` does)."""
+        text = check.check_query(text)
+        self._ensure_open()
+        self._require_text("keyword search")
+        hits = self._engine.keyword_search(text, 1, None)
+        return self._engine.keyword_coverage(text, hits[0][1]) if hits else 0.0
+
     def _search_filters(self, top_k: Any, kind: Any, ids: Any) -> tuple[int, str | None, Any]:
         top_k = check.check_top_k(top_k)
         if kind is not None:

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -161,21 +162,29 @@ def run_search(args: argparse.Namespace) -> int:
     hits: list[tuple[str, Any, str]] = []
     queries: dict[str, Any] = {}  # model -> the query's vector: one encoding per model
 
+    sides: list[hits_out.Sides] = []  # hybrid: each database's two rankings, fused at the end
+
     def work(target: Target) -> bool:
         with open_db(target, args, model=models[target.name], read_only=True) as db:
             if db.embedding_count() == 0:
                 return True
             query: Any = args.query
-            if args.mode == "vector":
+            if args.mode != "keyword":
                 if db.model_id not in queries:
                     queries[db.model_id] = db.encode_texts([args.query])[0]
                 query = queries[db.model_id]
+            if args.mode == "hybrid":
+                sides.append(hits_out.both_sides(db, target.name, args.query, query, args.top_k,
+                                                 kind=args.kind, where=filters))
+                return True
             for hit in db.search(query, args.top_k, kind=args.kind, mode=args.mode,
                                  where=filters):
                 hits.append((target.name, hit, " ".join(db.embedding_text(hit.record).split())))
         return True
 
     code = for_each_db(targets, work)
+    if args.mode == "hybrid":
+        hits = hits_out.fused_across(sides, args.top_k)
     hits = hits_out.merged(hits, args.mode, args.top_k)
     if args.json:
         print(dumps([hits_out.hit_json(name, hit, args.mode) for name, hit, _ in hits]))
@@ -318,10 +327,24 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
 
 
 def run(argv: Sequence[str] | None, prog: str) -> int:
+    from .table_commands import TABLE_COMMANDS, run_search_table
+    from .table_parser import build_table_search_parser, table_search_argv
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
     try:
+        table_search = table_search_argv(argv)  # search DB TABLE QUERY: a table of any file
+        if table_search is not None:
+            flags, rest = table_search
+            args = build_table_search_parser(prog).parse_args(rest)
+            args.verbose, args.command, args.prog = bool(flags), "search", prog
+            _logging(args)
+            return run_search_table(args)
         args = parser.parse_args(argv)
         args.prog = prog
+        if args.command in TABLE_COMMANDS:
+            _logging(args)
+            return TABLE_COMMANDS[args.command](args)
         args.data_dir = resolve_data_dir(args.data_dir)  # once: every path below derives from it
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING,
@@ -331,3 +354,8 @@ def run(argv: Sequence[str] | None, prog: str) -> int:
     except UsageError as exc:
         warn(str(exc))
         return 2
+
+
+def _logging(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")

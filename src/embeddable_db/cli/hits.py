@@ -1,5 +1,12 @@
 """What ``search`` needs beyond the databases: ``--where`` checked against each database's
-records, hits merged across databases, and their table and JSON forms."""
+records, hits merged across databases, and their table and JSON forms.
+
+Hybrid search over several databases is one fusion, not a merge of each database's own: a
+database's fused scores depend on its own keyword weight (how well its best match covers the
+query), so the best vector hit of one database could rank below the second keyword hit of
+another. Each database gives its vector and keyword rankings (``both_sides``); they are merged
+into one ranking per side (by distance, and by bm25 score) and fused once, with the keyword
+weight of the best-covering database (``fused_across``)."""
 
 from __future__ import annotations
 
@@ -8,6 +15,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from .. import fusion
 from ..databases import REGISTRY
 from ..databases.searching import filter_columns
 from ..filters import parse_where_option
@@ -43,6 +53,53 @@ def databases_with(names: list[str], fields: set[str], kind: str | None, where: 
             f"fields you can filter on: {', '.join(valid)}"
         )
     return keep
+
+
+#: One database's part of a hybrid search: (name, vector hits, keyword hits, coverage, texts).
+Sides = tuple[str, list, list, float, dict]
+
+
+def both_sides(db: Any, name: str, text: str, vector: Any, top_k: int, *, kind: str | None,
+               where: Any) -> Sides:
+    """One database's vector and keyword rankings, deep enough for a stable fusion, every hit
+    with its distance (keyword-only hits: from their stored vectors) and its text."""
+    depth = fusion.candidates(top_k, fusion.RRF_K)
+    by_vector = db.search(vector, depth, kind=kind, mode="vector", where=where)
+    by_keyword = db.search(text, depth, kind=kind, mode="keyword", where=where)
+    seen = {hit.key: hit.distance for hit in by_vector}
+    for i, hit in enumerate(by_keyword):
+        distance = seen.get(hit.key)
+        if distance is None:
+            stored = db.get_vector(hit.key)
+            distance = None if stored is None else float(1.0 - np.dot(stored, vector))
+        by_keyword[i] = dataclasses.replace(hit, distance=distance)
+    texts = {hit.key: " ".join(db.embedding_text(hit.record).split())
+             for hit in [*by_vector, *by_keyword]}
+    coverage = db.keyword_coverage(text) if by_keyword else 0.0
+    return name, by_vector, by_keyword, coverage, texts
+
+
+def fused_across(sides: list[Sides], top_k: int) -> list[tuple[str, Any, str]]:
+    """The databases' rankings fused into one (module docstring), best ``top_k`` first."""
+    found: dict[str, tuple[str, Any, str]] = {}
+    vector, keyword = [], []
+    for name, by_vector, by_keyword, _, texts in sides:
+        for side, hits in ((vector, by_vector), (keyword, by_keyword)):
+            for hit in hits:
+                key = f"{name}\x00{hit.key}"
+                found.setdefault(key, (name, hit, texts[hit.key]))
+                side.append((key, hit.distance if side is vector else -hit.score))
+    vector.sort(key=lambda item: (item[1], item[0]))
+    keyword.sort(key=lambda item: (item[1], item[0]))
+    coverage = max((c for _, _, _, c, _ in sides), default=0.0)
+    weights = (fusion.keyword_weight(1.0, coverage, True), 1.0)
+    out = []
+    for key, score, vector_rank, keyword_rank in fusion.fuse(vector, keyword, weights,
+                                                             fusion.RRF_K)[:top_k]:
+        name, hit, text = found[key]
+        out.append((name, dataclasses.replace(hit, score=score, vector_rank=vector_rank,
+                                              keyword_rank=keyword_rank), text))
+    return out
 
 
 def merged(hits: list[tuple[str, Any, str]], mode: str, top_k: int) -> list[tuple[str, Any, str]]:

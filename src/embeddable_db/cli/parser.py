@@ -65,7 +65,7 @@ def folder(text: str) -> str:
 
 def build_parser(prog: str = "embeddable-db") -> Parser:
     parser = Parser(prog=prog, description="Backfill, search, stats, verify and rebuild the six "
-                    "embeddable_db databases.")
+                    "embeddable_db databases; embed and search any table of any SQLite file.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
@@ -106,9 +106,12 @@ def build_parser(prog: str = "embeddable-db") -> Parser:
                           "by: re-embeds all of it")
 
     search = commands.add_parser(
-        "search", help="hybrid, vector or keyword search across databases",
+        "search", help="hybrid, vector or keyword search across databases "
+        "(or: search DB TABLE QUERY)",
         epilog="example: embeddable-db search 'invoice reminders' --mode hybrid "
-        "--where status=active --where 'estimated_profit>=10'",
+        "--where status=active --where 'estimated_profit>=10'. "
+        "search DB TABLE QUERY searches a table of any SQLite file embedded with `embed` "
+        "instead: embeddable-db search app.db notes QUERY (see its own --help)",
     )
     search.add_argument("query")
     common(search, reads)
@@ -132,4 +135,7 @@ def build_parser(prog: str = "embeddable-db") -> Parser:
         ("rebuild", "rebuild indexes from the stored vectors (no re-encoding)", converts),
     ):
         common(commands.add_parser(name, help=text), backend_help)
+    from .table_parser import add_table_commands  # here: it imports the tables package
+
+    add_table_commands(commands)
     return parser

@@ -1,0 +1,177 @@
+"""Changes recorded by SQLite: triggers on the user's table append keys to a change table.
+
+Why triggers: every other way to find what changed in a table reads all of it (a hash of each
+row: llm's ``embed-multi``, round one's backfill, 8 s for a no-op at 1M rows). A trigger runs
+inside the writer's own statement, whichever program writes, so the keys of changed rows are
+in ``<store>_changes`` (``seq INTEGER PRIMARY KEY, key``) when its transaction commits, and a
+backfill reads only those rows.
+
+The triggers, all in the user's database, on the user's table:
+
+- ``AFTER INSERT``: the new key;
+- ``AFTER UPDATE OF`` the key, the embedded columns and the columns ``where`` reads (any
+  column when the key is the rowid, which ``UPDATE OF`` cannot name): the old and new key;
+- ``AFTER DELETE``: the old key;
+- ``BEFORE INSERT`` and ``BEFORE UPDATE OF`` the columns of the table's other unique
+  indexes, if it has any: the keys of rows whose unique values the new row repeats. ``INSERT
+  OR REPLACE``, ``REPLACE INTO`` and ``UPDATE OR REPLACE`` delete those rows *without* firing
+  delete triggers (unless a connection turned ``recursive_triggers`` on), and nothing else
+  would tell the store they are gone. A key logged for a statement that then fails is
+  rolled back with it; one logged for a row that survives (``INSERT OR IGNORE``) only costs a
+  look at that row.
+
+When the log can be trusted (``trusted``): every trigger is in ``sqlite_master`` with exactly
+the SQL this module would write now, including the token written into it when it was installed
+and recorded in the store's meta table, and the last full scan (a backfill that read every row)
+finished with this token, this model, ``embedding_version`` and text settings (the "basis").
+So a table whose triggers someone dropped, edited or re-created, a schema change that alters
+what the triggers must watch (a renamed column, a new unique index), or a store opened with
+another model or text settings all lead to a full scan, after which the log is trusted again.
+Changes made while the triggers were absent are found by that scan, which compares the hash
+of every row's text with its vector's. What the log cannot see: a ``VACUUM`` that renumbers
+the rowids of a table keyed by an implicit rowid, and rows deleted by ``REPLACE`` through a
+unique *expression* index; ``backfill_embeddings(full=True)`` finds both.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from .schema import Key, TableInfo, quote
+
+EVENTS = ("after_insert", "after_update", "after_delete", "before_insert", "before_update")
+TOKEN_KEY = "table_changes_token"
+BASIS_KEY = "table_changes_basis"
+
+
+class ChangeLog:
+    """The triggers and change table of one ``TableStore`` (see the module docstring)."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, info: TableInfo, key: Key, watched: Iterable[str],
+        store_table: str,
+    ) -> None:
+        self.conn = conn
+        self.info = info
+        self.key = key
+        self.table = f"{store_table}_changes"
+        self.meta_table = f"{store_table}_meta"
+        self.triggers = {event: f"{store_table}_{event}" for event in EVENTS}
+        keyed = {key.column} if key.column is not None else set()
+        self.watched = [c for c in info.columns if c in set(watched) | keyed]
+        self.unique = [cols for cols in info.unique if cols != (key.column,)]
+
+    # -- the SQL --------------------------------------------------------------------------------
+    def expected(self, token: str) -> dict[str, str]:
+        """trigger name -> the exact SQL ``sqlite_master`` holds for it once installed."""
+        table, log, k = quote(self.info.name), quote(self.table), self.key.expr
+        mark = f"/* embeddable_db change log {token} */"
+        new_key = f"INSERT INTO {log}(key) VALUES (NEW.{k});"
+        out = {
+            "after_insert": f"AFTER INSERT ON {table} BEGIN {mark} {new_key} END",
+            "after_delete": f"AFTER DELETE ON {table} BEGIN {mark} "
+                            f"INSERT INTO {log}(key) VALUES (OLD.{k}); END",
+        }
+        of = "" if self.key.column is None else " OF " + ", ".join(map(quote, self.watched))
+        out["after_update"] = (
+            f"AFTER UPDATE{of} ON {table} BEGIN {mark} {new_key} "
+            f"INSERT INTO {log}(key) SELECT OLD.{k} WHERE OLD.{k} IS NOT NEW.{k}; END"
+        )
+        if self.unique:
+            same = " OR ".join(
+                "(" + " AND ".join(f"{quote(c)} = NEW.{quote(c)}" for c in cols) + ")"
+                for cols in self.unique
+            )
+            body = f"BEGIN {mark} INSERT INTO {log}(key) SELECT {k} FROM {table} WHERE {same}; END"
+            columns = ", ".join(quote(c) for c in dict.fromkeys(c for u in self.unique for c in u))
+            out["before_insert"] = f"BEFORE INSERT ON {table} {body}"
+            out["before_update"] = f"BEFORE UPDATE OF {columns} ON {table} {body}"
+        return {self.triggers[event]: f"CREATE TRIGGER {quote(self.triggers[event])} {sql}"
+                for event, sql in out.items()}
+
+    # -- state ----------------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute(
+            f"SELECT value FROM {quote(self.meta_table)} WHERE key = ?", (key,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            f"INSERT INTO {quote(self.meta_table)}(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def installed(self) -> dict[str, str]:
+        names = list(self.triggers.values())
+        return dict(self.conn.execute(
+            f"SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' "
+            f"AND name IN ({','.join('?' * len(names))})", names,
+        ).fetchall())
+
+    def in_place(self) -> bool:
+        """The triggers are there, exactly as installed (token and all), and the table too."""
+        token = self.meta(TOKEN_KEY)
+        if token is None or self.installed() != self.expected(token):
+            return False
+        return self.conn.execute(
+            "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?", (self.table,)
+        ).fetchone() is not None
+
+    def trusted(self, basis: dict[str, Any]) -> bool:
+        """Whether the log holds every change since the last full scan (module docstring)."""
+        return self.in_place() and self.meta(BASIS_KEY) == self._basis(basis)
+
+    def _basis(self, basis: dict[str, Any]) -> str:
+        return json.dumps({**basis, "token": self.meta(TOKEN_KEY)}, sort_keys=True)
+
+    # -- writes (inside the store's transaction) ------------------------------------------------
+    def install(self) -> None:
+        """(Re)create the change table and triggers under a new token: the log starts now, so
+        the next backfill is a full scan."""
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {quote(self.table)} (seq INTEGER PRIMARY KEY, key)"
+        )
+        self._drop_triggers()
+        token = uuid.uuid4().hex
+        for sql in self.expected(token).values():
+            self.conn.execute(sql)
+        self.set_meta(TOKEN_KEY, token)
+
+    def _drop_triggers(self) -> None:
+        for name in self.triggers.values():
+            self.conn.execute(f"DROP TRIGGER IF EXISTS main.{quote(name)}")
+
+    def drop(self) -> None:
+        """Remove the triggers and the change table: the user's schema as it was."""
+        self._drop_triggers()
+        self.conn.execute(f"DROP TABLE IF EXISTS main.{quote(self.table)}")
+
+    def pending(self) -> tuple[int, list[Any]]:
+        """(the last change's seq, the distinct keys changed up to it)."""
+        (last,) = self.conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {quote(self.table)}").fetchone()
+        if not last:
+            return 0, []
+        keys = [row[0] for row in self.conn.execute(
+            f"SELECT DISTINCT key FROM {quote(self.table)} WHERE seq <= ?", (last,)
+        )]
+        return last, keys
+
+    def acknowledge(self, through: int, failed: Iterable[str], basis: dict[str, Any] | None) -> None:
+        """Forget the changes a finished backfill handled (up to ``through``), keeping those
+        of ``failed`` records for the next one; after a full scan, ``basis`` is recorded so the
+        log is trusted from here on (when the triggers are still in place)."""
+        self.conn.execute(f"DELETE FROM {quote(self.table)} WHERE seq <= ?", (through,))
+        self.conn.executemany(
+            f"INSERT INTO {quote(self.table)}(key) VALUES (?)", [(key,) for key in failed]
+        )
+        if basis is not None and self.in_place():
+            self.set_meta(BASIS_KEY, self._basis(basis))
+
+    def forget_basis(self) -> None:
+        self.conn.execute(f"DELETE FROM {quote(self.meta_table)} WHERE key = ?", (BASIS_KEY,))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from embeddable_db import EmbeddableDBMixin, HashingEncoder
+from postgres.fixtures import pg_conninfo, pg_database, pg_schema, postgres_server  # noqa: F401
 
 # A test run started as a background job (`pytest &` in a shell without job control) inherits
 # SIGINT ignored, and the library deliberately leaves an ignored Ctrl-C ignored: the tests of

@@ -33,14 +33,32 @@ from typing import Any, TypeVar
 
 from . import files
 from . import validation as check
-from .backends import VectorIndex, get_backend
+from .backends import VectorIndex, bounded_int, get_backend
 from .encoder import DEFAULT_MODEL, HASH_MODEL_PREFIX, check_model_backend
-from .errors import InvalidInputError
+from .errors import BackendUnavailableError, InvalidInputError
 
 HOME_ENV = "EMBEDDABLE_DB_HOME"
 DEFAULT_HOME = "data"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The PostgreSQL engine's one backend: its index lives in the database (no index files).
+PGVECTOR = "pgvector"
+#: pgvector's HNSW settings ``index_options`` may give, with their ranges: ``m`` and
+#: ``ef_construction`` shape the index (pgvector's own defaults 16 and 64), ``ef_search`` is
+#: the candidate list a search keeps (``hnsw.ef_search``; our default is in the engine).
+PGVECTOR_SETTINGS = {"m": (2, 100), "ef_construction": (4, 1000), "ef_search": (1, 1000)}
+
+
+class _DefaultBackend(str):
+    """The value of ``backend`` when the caller gave none: equal to ``"annoy"`` in every way
+    (signatures, comparisons, JSON), but recognisable, so that a PostgreSQL connection can
+    take ``"pgvector"`` by default while an explicit ``backend="annoy"`` there is refused."""
+
+    __slots__ = ()
+
+
+DEFAULT_BACKEND = _DefaultBackend("annoy")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,8 +69,9 @@ class StoreOptions:
     databases and the CLI take it from these fields.
     """
 
-    #: The ANN library behind the index file: ``"annoy"`` or ``"faiss"``.
-    backend: str = "annoy"
+    #: The ANN library behind the index file: ``"annoy"`` or ``"faiss"``; ``"pgvector"`` (the
+    #: default there, and the only one) for a PostgreSQL connection.
+    backend: str = DEFAULT_BACKEND
     #: The index file (default: next to the database file); its lock is ``<index_path>.lock``.
     index_path: str | os.PathLike | None = None
     #: The index's JSON manifest (default: ``index_path`` with ``.json``).
@@ -75,15 +94,20 @@ class StoreOptions:
     #: Write nothing at all; every write raises ``ReadOnlyError``.
     read_only: bool = False
 
-    #: The backend class and the settings it is built with (``index_type`` included).
-    backend_class: type[VectorIndex] = dataclasses.field(init=False, repr=False, compare=False)
+    #: The backend class and the settings it is built with (``index_type`` included); for
+    #: ``pgvector`` no class (the index is the database's) and the checked HNSW settings.
+    backend_class: type[VectorIndex] | None = dataclasses.field(init=False, repr=False, compare=False)
     backend_settings: dict[str, Any] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: the checked values replace the given ones once
-        backend_class = get_backend(self.backend)
-        set_(self, "backend_class", backend_class)
-        set_(self, "backend_settings", _backend_settings(self, backend_class))
+        if self.backend == PGVECTOR:
+            set_(self, "backend_class", None)
+            set_(self, "backend_settings", _pgvector_settings(self))
+        else:
+            backend_class = _known_backend(self.backend)
+            set_(self, "backend_class", backend_class)
+            set_(self, "backend_settings", _backend_settings(self, backend_class))
         if self.index_options is not None:  # a copy: the caller's dict may change later
             set_(self, "index_options", dict(self.index_options))
         set_(self, "embedding_version", check.check_embedding_version(self.embedding_version))
@@ -123,6 +147,11 @@ class StoreOptions:
         return DEFAULT_MODEL if self.model_name is None else self.model_name
 
     @property
+    def backend_chosen(self) -> bool:
+        """False when ``backend`` is the default, which each engine reads as its own."""
+        return type(self.backend) is not _DefaultBackend
+
+    @property
     def lock_path(self) -> str | None:
         """The index's lock file, beside it (None without an index file)."""
         return None if self.index_path is None else f"{self.index_path}.lock"
@@ -131,14 +160,62 @@ class StoreOptions:
         """The constructor keywords these options were made of (with ``changes``), to hand on."""
         return {name: getattr(self, name) for name in option_names()} | changes
 
+    def with_backend(self, backend: str) -> StoreOptions:
+        """These options for another backend, checked again (an engine's own default)."""
+        return dataclasses.replace(self, backend=backend)
+
     def located(self, db_file: str, table: str) -> StoreOptions:
         """These options with the store's absolute index and metadata paths, checked.
 
         ``db_file`` is the database's file ('' for an in-memory database, whose index stays
         in memory unless ``index_path`` is given) and ``table`` the store's embedding table.
         """
+        if self.backend == PGVECTOR:
+            raise InvalidInputError(
+                "backend 'pgvector' is the PostgreSQL engine's: set self.conn to a psycopg "
+                "connection to use it, or choose 'annoy' or 'faiss' for a SQLite database"
+            )
         index, meta = store_paths(db_file, table, self.index_path, self.metadata_path)
         return dataclasses.replace(self, index_path=index, metadata_path=meta)
+
+
+def _known_backend(name: Any) -> type[VectorIndex]:
+    """``get_backend``, its "unknown backend" error naming the PostgreSQL backend too."""
+    try:
+        return get_backend(name)
+    except BackendUnavailableError as exc:
+        if str(exc).startswith("unknown backend"):
+            raise BackendUnavailableError(
+                f"{exc} (SQLite), or {PGVECTOR} (a PostgreSQL connection)"
+            ) from None
+        raise
+
+
+def _pgvector_settings(options: StoreOptions) -> dict[str, Any]:
+    """pgvector's HNSW settings from ``index_options``, checked (``PGVECTOR_SETTINGS``)."""
+    index_options = options.index_options
+    if options.index_type is not None:
+        raise InvalidInputError(f"index_type is a FAISS option; backend {PGVECTOR!r} has none")
+    if index_options is not None and not isinstance(index_options, Mapping):
+        raise InvalidInputError(
+            f"index_options must be a dict of backend settings, got {index_options!r}"
+        )
+    settings: dict[str, Any] = {}
+    for name, value in (index_options or {}).items():
+        if name not in PGVECTOR_SETTINGS:
+            raise InvalidInputError(
+                f"bad options for backend {PGVECTOR!r}: unknown setting {name!r}; it takes "
+                f"{', '.join(PGVECTOR_SETTINGS)}"
+            )
+        try:
+            settings[name] = bounded_int(name, value, *PGVECTOR_SETTINGS[name])
+        except ValueError as exc:
+            raise InvalidInputError(f"bad options for backend {PGVECTOR!r}: {exc}") from exc
+    if settings.get("ef_construction", 64) < 2 * settings.get("m", 16):
+        raise InvalidInputError(
+            f"bad options for backend {PGVECTOR!r}: ef_construction must be at least 2 * m"
+        )
+    return settings
 
 
 def _backend_settings(options: StoreOptions, backend_class: type[VectorIndex]) -> dict[str, Any]:

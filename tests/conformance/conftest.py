@@ -1,7 +1,8 @@
 """The ``engine`` fixture: one factory (``engines.py``) per engine variant, one store per test.
 
-Parameters are ``<engine>-<variant>`` (today ``sqlite-annoy``, ``sqlite-faiss``,
-``sqlite-faiss-hnsw``): a new engine's factory in ``ENGINES`` adds its own.
+Parameters are ``<engine>-<variant>`` (``sqlite-annoy``, ``sqlite-faiss``,
+``sqlite-faiss-hnsw``, ``postgres-pgvector``): a new engine's factory in ``ENGINES`` adds its
+own. The PostgreSQL one takes a fresh schema of the session's test server (``tests/postgres``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,6 @@ def engine(request, tmp_path):
     reason = engine_class.available()
     if reason is not None:
         pytest.skip(f"{engine_class.name}: {reason}")
-    factory = engine_class(tmp_path, variant)
+    factory = engine_class.for_test(request, tmp_path, variant)
     yield factory
     factory.close_all()

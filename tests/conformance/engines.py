@@ -13,11 +13,14 @@ What a new engine's factory must provide:
   (the SQLite engine's are its ANN backends); ``approximate``: the variants whose search may
   miss a true neighbour (the suite then demands recall instead of exact top-k, and still
   exact distances for every hit).
-- ``available()`` (classmethod): None, or why the engine cannot run here (its tests skip),
-  e.g. no PostgreSQL server.
+- ``available()`` (classmethod): None, or why the engine cannot run here (its tests skip).
+  The PostgreSQL engine never skips: its server is a fixture, and one that cannot start fails.
+- ``for_test(request, workdir, variant)`` (classmethod): the factory for one test; by default
+  ``cls(workdir, variant)``; a server engine takes its fixtures from ``request`` here (the
+  PostgreSQL one: a fresh schema of the test server).
 - ``__init__(workdir, variant)``: nothing opened yet. ``workdir`` is the test's own empty
-  temporary folder; a server engine derives a fresh database or schema from it, so that
-  ``from_spec`` in another process finds the same store.
+  temporary folder; a server engine is also given where its fresh database or schema is, and
+  puts that in ``spec()``, so that ``from_spec`` in another process finds the same store.
 - ``_connect(options) -> store``: open the factory's one store with these mixin constructor
   keywords (plus the variant's). The store is an ``EmbeddableDBMixin`` whose
   ``iter_records()`` yields the rows of the factory's records table as
@@ -80,6 +83,10 @@ class EngineFactory(ABC):
     @classmethod
     def available(cls) -> str | None:
         return None
+
+    @classmethod
+    def for_test(cls, request: Any, workdir: Path, variant: str) -> EngineFactory:
+        return cls(workdir, variant)
 
     @property
     def exact(self) -> bool:
@@ -305,8 +312,101 @@ class SqliteEngine(EngineFactory):
             os.remove(path)  # FileNotFoundError: the store wrote no index files to discard
 
 
+# -- PostgreSQL: records and vectors in one schema of the test server -------------------------------
+PG_RECORDS_DDL = (
+    "CREATE TABLE IF NOT EXISTS records(id text PRIMARY KEY, body text NOT NULL, kind text NOT NULL)"
+)
+
+
+class PgRecordsStore(EmbeddableDBMixin):
+    """The same store over a ``records`` table of a PostgreSQL schema. The connection is in
+    autocommit mode, as the engine's docstring recommends: iter_records' SELECT then opens no
+    transaction that every batch of a backfill would wait in."""
+
+    def __init__(self, conninfo: str, **options: Any) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(conninfo, autocommit=True)
+        try:
+            self.conn.execute(PG_RECORDS_DDL)
+            super().__init__(**options)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def embedding_text(self, record):
+        return record["body"]
+
+    def iter_records(self):
+        for rid, body, kind in self.conn.execute("SELECT id, body, kind FROM records ORDER BY id"):
+            yield rid, {"body": body}, kind
+
+
+class PostgresEngine(EngineFactory):
+    """pgvector's HNSW index is approximate at every size (the planner may also scan small
+    tables exactly, which the suite accepts the same way); its distances are exact."""
+
+    name = "postgres"
+    variants = {"pgvector": {}}
+    approximate = frozenset({"pgvector"})
+
+    def __init__(self, workdir: Path, variant: str, conninfo: str = "") -> None:
+        super().__init__(workdir, variant)
+        if not conninfo:
+            raise ValueError("the PostgreSQL factory needs the conninfo of a test schema")
+        self.conninfo = conninfo
+
+    @classmethod
+    def for_test(cls, request: Any, workdir: Path, variant: str) -> EngineFactory:
+        return cls(workdir, variant, request.getfixturevalue("pg_conninfo"))
+
+    def spec(self) -> dict[str, Any]:
+        return super().spec() | {"conninfo": self.conninfo}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> EngineFactory:
+        return cls(Path(spec["workdir"]), spec["variant"], spec["conninfo"])
+
+    def _connect(self, options: dict[str, Any]) -> EmbeddableDBMixin:
+        return PgRecordsStore(self.conninfo, **self.variants[self.variant], **options)
+
+    def _disconnect(self, store: EmbeddableDBMixin) -> None:
+        store.conn.close()
+
+    def _sql(self, statement: str, rows: Sequence[tuple] = ()) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute(PG_RECORDS_DDL)
+            with conn.transaction(), conn.cursor() as cur:
+                if rows:
+                    cur.executemany(statement, rows)
+                    return []
+                cur.execute(statement)
+                return cur.fetchall() if cur.description else []
+
+    def _put_records(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        self._sql(
+            "INSERT INTO records(id, body, kind) VALUES (%s, %s, %s) ON CONFLICT (id) DO "
+            "UPDATE SET body = excluded.body, kind = excluded.kind", rows,
+        )
+
+    def _delete_records(self, ids: Sequence[str]) -> None:
+        self._sql("DELETE FROM records WHERE id = %s", [(rid,) for rid in ids])
+
+    def _discard_derived(self) -> None:
+        """pgvector's HNSW index and the keyword GIN index: the engine's derived data."""
+        found = self._sql(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+            "AND tablename = 'embeddings' AND indexdef ~ 'USING (hnsw|gin)'"
+        )
+        assert found, "the store has no HNSW or GIN index to discard"
+        names = ", ".join('"' + name.replace('"', '""') + '"' for (name,) in found)
+        self._sql(f"DROP INDEX {names}")
+
+
 #: Every engine under the suite; each of its variants is one test parameter.
-ENGINES: tuple[type[EngineFactory], ...] = (SqliteEngine,)
+ENGINES: tuple[type[EngineFactory], ...] = (SqliteEngine, PostgresEngine)
 
 
 def engine_from_spec(spec: Mapping[str, Any]) -> EngineFactory:

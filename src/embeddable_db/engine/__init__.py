@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import EmbeddingError
+from ..errors import BackendUnavailableError, EmbeddingError
 from ..reports import VerifyReport
 from ..rows import StoredState, VectorRow
 
@@ -122,12 +122,43 @@ class Engine(Protocol):
 
 def engine_class(conn: Any, who: str) -> type:
     """The engine class for ``conn``, checked before anything else; ``who`` (the store
-    class's name) is named in the error."""
+    class's name) is named in the error. A psycopg connection is recognised by its class's
+    module, so that the SQLite path never imports psycopg; the PostgreSQL engine is imported
+    only then, and a missing extra is a ``BackendUnavailableError`` naming the package."""
     if isinstance(conn, sqlite3.Connection):
         from .sqlite import SQLiteEngine
 
         return SQLiteEngine
+    if _is_psycopg(conn):
+        return _postgres_engine(conn, who)
+    hint = ""
+    if any(cls.__module__.split(".")[0] == "psycopg2" for cls in type(conn).__mro__):
+        hint = " (psycopg2 is not supported: connect with psycopg 3, 'import psycopg')"
     raise EmbeddingError(
-        f"{who} must set self.conn to a sqlite3.Connection before calling "
-        "EmbeddableDBMixin.__init__"
+        f"{who} must set self.conn to a sqlite3.Connection or a psycopg.Connection before "
+        f"calling EmbeddableDBMixin.__init__{hint}"
     )
+
+
+def _is_psycopg(conn: Any) -> bool:
+    """True for psycopg 3's connections (and subclasses), without importing psycopg."""
+    return any(
+        cls.__module__ == "psycopg" or cls.__module__.startswith("psycopg.")
+        for cls in type(conn).__mro__
+    )
+
+
+def _postgres_engine(conn: Any, who: str) -> type:
+    try:
+        from .postgres import PostgresEngine
+    except ImportError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in ("psycopg", "psycopg_binary", "pgvector"):
+            raise
+        raise BackendUnavailableError(
+            f"{who} uses a PostgreSQL connection, which needs the {missing!r} package "
+            f"(not installed: {exc}); install the extra with "
+            "pip install 'embeddable-db[postgres]'"
+        ) from exc
+    PostgresEngine.check_connection(conn, who)
+    return PostgresEngine

@@ -1,0 +1,1 @@
+"""The PostgreSQL engine's own tests, and the test server every PostgreSQL test uses."""

@@ -1,0 +1,69 @@
+"""The PostgreSQL fixtures, shared by every test folder (imported by ``tests/conftest.py``).
+
+``postgres_server`` starts one real server per test session, only when a test asks for it
+(a run of the SQLite tests alone starts none); a server that cannot start fails those tests
+with the reason, it never skips them. ``pg_schema`` gives each test its own new schema in
+one session database, and ``pg_conninfo`` a connection string whose ``search_path`` is that
+schema (then ``public``, where the vector extension lives).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from .server import LocalPostgres
+
+
+@dataclass(frozen=True)
+class PgSchema:
+    """One test's schema: where to connect, and the conninfo that makes it the default."""
+
+    server: LocalPostgres
+    dbname: str
+    name: str
+
+    @property
+    def conninfo(self) -> str:
+        return self.server.conninfo(self.dbname, options=f"-c search_path={self.name},public")
+
+
+def new_schema(server: LocalPostgres, dbname: str) -> PgSchema:
+    import psycopg
+    from psycopg import sql
+
+    name = f"s_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server.conninfo(dbname), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    return PgSchema(server, dbname, name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    server = LocalPostgres()
+    try:
+        server.start()
+    except Exception as exc:
+        pytest.fail(f"the PostgreSQL test server did not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_database(postgres_server) -> str:
+    """The session's database, with the vector extension."""
+    return postgres_server.create_database("embeddable_test")
+
+
+@pytest.fixture
+def pg_schema(postgres_server, pg_database) -> PgSchema:
+    return new_schema(postgres_server, pg_database)
+
+
+@pytest.fixture
+def pg_conninfo(pg_schema) -> str:
+    return pg_schema.conninfo

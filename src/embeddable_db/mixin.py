@@ -53,13 +53,13 @@ class EmbeddableDBMixin:
         conn = getattr(self, "conn", None)
         engine = engine_class(conn, type(self).__name__)
         options = StoreOptions.from_keywords(keywords, "EmbeddableDBMixin.__init__")
-        self.backend_name = options.backend
         self.model_name = options.model
         self.embedding_version = options.embedding_version
         self.model_backend = options.model_backend
         self.model_id = model_identity(options.model_name, options.encoder)
         self._encoding = Encoding(options.model, options.model_backend, self.model_id, options.encoder)
         options = self._options = engine.locate(options, conn, self.embedding_table)
+        self.backend_name = options.backend  # after locate: a PostgreSQL store's is pgvector
         self.index_path, self.metadata_path = options.index_path, options.metadata_path
         self._handle = Handle(options.read_only)
         self._engine: Engine = engine(

@@ -34,8 +34,10 @@ EXACT_IDS_UP_TO = 3_000
 def _labels(store: EmbeddingStore, ids: list[str]) -> list[int]:
     """The labels of these record ids' rows, from the record_id index alone (the live index
     says which of them are live, and of which kind)."""
+    # A join from json_each: 1.2-1.7 ms for 1,000 ids at 100k, against 1.5-2.8 ms for
+    # "IN (SELECT value FROM json_each(?))" or IN lists of bound parameters.
     return [label for (label,) in store.conn.execute(
-        f"SELECT label FROM {store.table} WHERE record_id IN (SELECT value FROM json_each(?))",
+        f"SELECT e.label FROM json_each(?) j JOIN {store.table} e ON e.record_id = j.value",
         (json.dumps(ids),),
     )]
 

@@ -112,7 +112,10 @@ def hybrid_search(
     pool = max(top_k, rerank_candidates) if reranker is not None else top_k
     depth = max(candidates(top_k, rrf_k), pool)
     vector_hits = engine.search(vector, depth, kind, ids)
-    keyword_hits = engine.keyword_search(text, depth, kind, ids)
+    # The keyword side gives up to ``depth`` candidates, but a commoner word is searched only
+    # while the rarer ones match fewer than top_k: more of its matches would rank below
+    # the vector side's (sentence queries: hybrid p50 13.5 ms against 5.5 ms for vectors).
+    keyword_hits = engine.keyword_search(text, depth, kind, ids, fill=top_k)
     coverage = engine.keyword_coverage(text, keyword_hits[0][1]) if keyword_hits else 0.0
     adapted = (keyword_weight(weights[0], coverage, adaptive), weights[1])
     fused = fuse(vector_hits, keyword_hits, adapted, rrf_k)[:pool]

@@ -92,11 +92,13 @@ class Engine(Protocol):
         within), still ``top_k`` when that many match."""
 
     def keyword_search(
-        self, text: str, top_k: int, kind: str | None, ids: list[str] | None = None
+        self, text: str, top_k: int, kind: str | None, ids: list[str] | None = None,
+        fill: int | None = None,
     ) -> list[tuple[str, float]]:
         """``(key, score)`` best first, higher is better: the records whose embedded text has
         any of the words of ``text`` (any text is a valid query; never SQL or query syntax);
-        ``kind`` and ``ids`` filter as in ``search``."""
+        ``kind`` and ``ids`` filter as in ``search``. ``fill`` (default ``top_k``): how many
+        matches the caller needs at least, where an engine leaves common words out."""
 
     def keyword_coverage(self, text: str, best_score: float) -> float:
         """0..1: how much of the query's information a keyword match scoring ``best_score``

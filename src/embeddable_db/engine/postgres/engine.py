@@ -348,8 +348,10 @@ class PostgresEngine:
                 )
 
     def keyword_search(
-        self, text: str, top_k: int, kind: str | None, ids: list[str] | None = None
+        self, text: str, top_k: int, kind: str | None, ids: list[str] | None = None,
+        fill: int | None = None,
     ) -> list[tuple[str, float]]:
+        """``fill`` is the SQLite engine's (a GIN index lookup costs no more with every word)."""
         with self.lock, self.conn.transaction():
             if not self._refresh_exists() or ids == [] or (kind is not None and "\x00" in kind):
                 return []

@@ -216,7 +216,8 @@ class SQLiteEngine:
             return self.view.live.search(vector, top_k, kind)
 
     def keyword_search(
-        self, text: str, top_k: int, kind: str | None, ids: list[str] | None = None
+        self, text: str, top_k: int, kind: str | None, ids: list[str] | None = None,
+        fill: int | None = None,
     ) -> list[tuple[str, float]]:
         with self.lock:
             if not self.store.keywords.ready and not self.store.keywords.empty:
@@ -225,7 +226,9 @@ class SQLiteEngine:
                     "embeddable_db): open it once without read_only=True to add one, then run "
                     "backfill_embeddings() to fill it (the model is not called)"
                 )
-            return self.store.keywords.search(text, top_k, kind, ids, len(self.view))
+            return self.store.keywords.search(
+                text, top_k, kind, ids, len(self.view), top_k if fill is None else fill
+            )
 
     def keyword_coverage(self, text: str, best_score: float) -> float:
         with self.lock:

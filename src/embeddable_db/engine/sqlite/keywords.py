@@ -162,7 +162,7 @@ class KeywordIndex:
 
     def search(
         self, text: str, top_k: int, kind: str | None, ids: list[str] | None = None,
-        documents: int = 0,
+        documents: int = 0, fill: int | None = None,
     ) -> list[tuple[str, float]]:
         """``(record_id, score)`` best first; score = -bm25, so higher is better.
 
@@ -172,10 +172,12 @@ class KeywordIndex:
         0.16 vs 0.31 s). With ``kind`` every match is joined, so that ``top_k`` are found;
         with ``ids`` (bound as one JSON array) only those records' labels are matched.
         Common words are left out of the match (``keyword_query.chosen_words``; ``documents``:
-        about how many records the index holds)."""
+        about how many records the index holds; ``fill``: how many matches are needed before
+        commoner words may be left out, default ``top_k``)."""
         if self.empty:
             return []
-        words = chosen_words(query_words(text), self.term_counts, documents, top_k)
+        needed = top_k if fill is None else fill
+        words = chosen_words(query_words(text), self.term_counts, documents, needed)
         query = match_expression(words)
         if query is None:
             return []

@@ -69,18 +69,21 @@ class LabelTable:
         return self._base(label)
 
     def lookup(self, labels: list[int]) -> list[tuple[str, str] | None]:
-        """``get`` of each label, the columns searched once for all of them."""
-        changed = self._changed
-        base = self._labels
-        positions = np.searchsorted(base, labels).tolist() if len(base) else [0] * len(labels)
-        found: list[tuple[str, str] | None] = []
-        for label, i in zip(labels, positions, strict=True):
-            if label in changed:
-                found.append(changed[label])
-            elif i < len(base) and base[i] == label:
-                found.append((self._ids[i], self._kinds[self._codes[i]]))
-            else:
-                found.append(None)
+        """``get`` of each label, the columns searched once for all of them (in numpy: a
+        filtered search looks up thousands)."""
+        changed, base = self._changed, self._labels
+        found: list[tuple[str, str] | None] = [None] * len(labels)
+        if len(base) and len(labels):
+            wanted = np.asarray(labels, np.int64)
+            positions = np.minimum(np.searchsorted(base, wanted), len(base) - 1)
+            at = np.flatnonzero(base[positions] == wanted)
+            ids, kinds, codes = self._ids, self._kinds, self._codes
+            for i, p in zip(at.tolist(), positions[at].tolist(), strict=True):
+                found[i] = (ids[p], kinds[codes[p]])
+        if changed:
+            for i, label in enumerate(labels):
+                if label in changed:
+                    found[i] = changed[label]
         return found
 
     def set(self, label: int, record_id: str, kind: str) -> None:

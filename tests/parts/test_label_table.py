@@ -62,3 +62,24 @@ def test_a_label_set_agrees_with_a_set():
     members.difference_update(list(expected)[:100])
     members.update([20_000, 20_001])
     assert len(members) == len(expected) - 100 + 2 and 20_001 in members
+
+
+def test_find_resolves_record_ids_to_live_labels_with_changes_and_collisions(monkeypatch):
+    table = LabelTable.from_rows([(1, "a", "x"), (2, "b", "y"), (5, "c", "x"), (9, "d", "y")])
+    assert sorted(table.find(["a", "c", "zz"])) == [(1, "a"), (5, "c")]
+    assert table.find(["a", "b", "c", "d"], kind="y") == [(2, "b"), (9, "d")]
+    table.remove(5)
+    table.set(12, "e", "y")
+    table.set(2, "b", "x")  # a kind change
+    assert sorted(table.find(["a", "b", "c", "e"])) == [(1, "a"), (2, "b"), (12, "e")]
+    assert table.find(["b", "e"], kind="x") == [(2, "b")]
+    table.set(5, "c", "x")  # back again
+    assert (5, "c") in table.find(["c"])
+
+
+def test_find_confirms_a_hash_match_by_the_id_itself(monkeypatch):
+    import embeddable_db.engine.sqlite.label_table as module
+
+    monkeypatch.setattr(module, "hash", lambda value: 7, raising=False)  # every id collides
+    table = LabelTable.from_rows([(1, "a", "x"), (2, "b", "y"), (3, "c", "x")])
+    assert sorted(table.find(["c", "a", "nope"])) == [(1, "a"), (3, "c")]

@@ -29,7 +29,8 @@ def _find(labels: np.ndarray, label: int) -> int:
 class LabelTable:
     """label -> (record_id, kind) for the live vectors."""
 
-    __slots__ = ("_labels", "_ids", "_kinds", "_codes", "_changed", "_size")
+    __slots__ = ("_labels", "_ids", "_kinds", "_codes", "_changed", "_size", "_by_hash",
+                 "_version", "_changed_ids")
 
     def __init__(self, records: Records | None = None) -> None:
         records = records or Records(_EMPTY, [], [], _EMPTY)
@@ -40,6 +41,9 @@ class LabelTable:
         #: Since the columns: label -> (record_id, kind), or None for a label removed.
         self._changed: dict[int, tuple[str, str] | None] = {}
         self._size = len(self._labels)
+        self._by_hash: tuple[np.ndarray, np.ndarray] | None = None  # made by find(), once
+        self._version = 0  # moves with every change, for find()'s view of _changed
+        self._changed_ids: tuple[int, dict[str, tuple[int, str]]] | None = None
 
     @classmethod
     def from_rows(cls, rows: Iterable[Sequence]) -> LabelTable:
@@ -86,13 +90,64 @@ class LabelTable:
                     found[i] = changed[label]
         return found
 
+    def find(self, record_ids: list[str], kind: str | None = None) -> list[tuple[int, str]]:
+        """(label, record_id) of those of ``record_ids`` (distinct) that are live, of ``kind``
+        if given: a filtered search's set, without asking SQLite. The columns' record ids are
+        hashed and sorted the first time (16 bytes a record); a hash match is confirmed by
+        comparing the id itself, so a collision costs a comparison, never a wrong record."""
+        if self._by_hash is None:
+            hashes = np.fromiter(map(hash, self._ids), np.int64, len(self._ids))
+            order = np.argsort(hashes, kind="stable")
+            self._by_hash = (hashes[order], order)
+        hashes, order = self._by_hash
+        if self._changed_ids is None or self._changed_ids[0] != self._version:
+            live = {v[0]: (label, v[1]) for label, v in self._changed.items() if v is not None}
+            self._changed_ids = (self._version, live)
+        changed_ids, changed = self._changed_ids[1], self._changed
+        wanted = np.fromiter(map(hash, record_ids), np.int64, len(record_ids))
+        n = len(hashes)
+        found: list[tuple[int, str]] = []
+        if not n:
+            starts = np.zeros(len(record_ids), np.int64)
+            first = np.full(len(record_ids), -1, np.int64)
+        else:
+            starts = np.searchsorted(hashes, wanted)
+            first = order[np.minimum(starts, n - 1)]  # the first record with that hash
+            first[hashes[np.minimum(starts, n - 1)] != wanted] = -1
+        ids, labels, kinds, codes = self._ids, self._labels, self._kinds, self._codes
+        for i, (record_id, p) in enumerate(zip(record_ids, first.tolist(), strict=True)):
+            entry = changed_ids.get(record_id)
+            if entry is not None:
+                if kind is None or entry[1] == kind:
+                    found.append((entry[0], record_id))
+                continue
+            if p >= 0 and ids[p] != record_id:  # a hash collision: look at the others
+                p = self._colliding(record_id, int(wanted[i]), int(starts[i]))
+            if p >= 0:
+                label = int(labels[p])
+                if label not in changed and (kind is None or kinds[codes[p]] == kind):
+                    found.append((label, record_id))
+        return found
+
+    def _colliding(self, record_id: str, h: int, start: int) -> int:
+        """The position of ``record_id`` among the records whose id hashes to ``h``, or -1."""
+        hashes, order = self._by_hash
+        j = start
+        while j < len(hashes) and hashes[j] == h:
+            if self._ids[int(order[j])] == record_id:
+                return int(order[j])
+            j += 1
+        return -1
+
     def set(self, label: int, record_id: str, kind: str) -> None:
+        self._version += 1
         if self.get(label) is None:
             self._size += 1
         self._changed[label] = (record_id, kind)
 
     def remove(self, label: int) -> bool:
         """Forget ``label``; True if it was there."""
+        self._version += 1
         if self.get(label) is None:
             return False
         self._size -= 1

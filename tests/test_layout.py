@@ -90,3 +90,16 @@ def test_dependencies_point_one_way():
                 assert not bad, f"{name} imports {sorted(bad)}"
     assert not {m for m in _imports("engine", MODULES["engine"], top_level_only=True)
                 if m.startswith("engine.sqlite")}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n != "web" and not n.startswith("web.")))
+def test_only_the_serve_command_imports_the_web_page_and_only_lazily(name):
+    """The [web] extra is optional: the core must import without Starlette or Jinja2."""
+    def web(imported: set[str]) -> set[str]:
+        return {m for m in imported if m == "web" or m.startswith("web.")}
+
+    anywhere = web(_imports(name, MODULES[name], top_level_only=False))
+    if name.startswith("cli"):
+        assert not web(_imports(name, MODULES[name], top_level_only=True)), name
+    else:
+        assert not anywhere, f"{name} imports {sorted(anywhere)}"

@@ -295,7 +295,22 @@ def run_rebuild(args: argparse.Namespace) -> int:
     return for_each_db(targets, work)
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    """The web page (extra ``[web]``), imported only here so the CLI works without it."""
+    if not args.data_dir.is_dir():
+        raise UsageError(f"{args.prog} serve: error: data directory {str(args.data_dir)!r} does "
+                         "not exist: check --data-dir or $EMBEDDABLE_DB_HOME")
+    try:
+        from ..web.server import serve
+    except ImportError as exc:
+        raise UsageError(f"{args.prog} serve: error: {exc.name} is not installed: "
+                         "pip install 'embeddable-db[web]'") from None
+    return serve(args.data_dir, host=args.host, port=args.port, open_browser=args.open,
+                 allow_backfill=args.allow_backfill, model_backend=args.model_backend)
+
+
 COMMANDS = {
+    "serve": run_serve,
     "backfill": run_backfill,
     "search": run_search,
     "stats": run_stats,

@@ -135,6 +135,17 @@ def build_parser(prog: str = "embeddable-db") -> Parser:
         ("rebuild", "rebuild indexes from the stored vectors (no re-encoding)", converts),
     ):
         common(commands.add_parser(name, help=text), backend_help)
+    serve = commands.add_parser("serve", help="a local web page to search and browse the stores "
+                                "(needs the [web] extra)")
+    serve.add_argument("--data-dir", type=folder, default=None,
+                       help="folder holding the databases (default: $EMBEDDABLE_DB_HOME or ./data)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=positive_int, default=8001, help="port (default: 8001)")
+    serve.add_argument("--open", action="store_true", help="open the page in a browser")
+    serve.add_argument("--allow-backfill", action="store_true",
+                       help="add a backfill button (otherwise nothing on the page writes)")
+    serve.add_argument("--model-backend", choices=MODEL_BACKENDS, default="onnx",
+                       help="run the model on ONNX Runtime (default: fast first query) or torch")
     from .table_parser import add_table_commands  # here: it imports the tables package
 
     add_table_commands(commands)

@@ -1,0 +1,220 @@
+"""The databases a server shows, opened once, read-only, with the model their vectors were
+made by; and the searches and summaries the pages ask of them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..cli import hits as hits_out
+from ..cli.stores import choose_models, find_targets, open_db, stored_backend
+from ..databases import REGISTRY
+
+MAX_TOP_K = 100
+MAX_QUERY = 500
+MODES = ("hybrid", "vector", "keyword")
+
+
+class BadRequest(ValueError):
+    """A request parameter the page refuses (shown as a 400 page with this reason)."""
+
+
+class Stores:
+    """Every database of a data directory that exists, open read-only until ``close``."""
+
+    def __init__(self, data_dir: Path, *, model_backend: str = "onnx", model: str | None = None):
+        args = argparse.Namespace(db=list(REGISTRY), data_dir=data_dir, backend=None, model=model,
+                                  model_backend=model_backend, command="serve", prog="embeddable-db")
+        self.targets = [t for t in find_targets(args) if t.exists]
+        models = choose_models(args, self.targets)
+        self._stack = ExitStack()
+        self.dbs: dict[str, Any] = {}
+        for target in self.targets:
+            self.dbs[target.name] = self._stack.enter_context(
+                open_db(target, args, model=models[target.name], read_only=True))
+        self.backends = {t.name: stored_backend(t) or "annoy" for t in self.targets}
+        self.lock = threading.Lock()  # one request at a time touches the connections
+        self._args, self._models = args, models
+
+    def backfill(self) -> str:
+        """Embed what is missing or stale (``--allow-backfill`` only): each store opened
+        writable for the run, then the read-only handles reopened to see the new vectors."""
+        done = []
+        with self.lock:
+            self._stack.close()
+            self._stack = ExitStack()
+            for target in self.targets:
+                with open_db(target, self._args, model=self._models[target.name],
+                             read_only=False) as db:
+                    result = db.backfill_embeddings()
+                    done.append(f"{target.name}: {result.embedded} embedded")
+            for target in self.targets:
+                self.dbs[target.name] = self._stack.enter_context(
+                    open_db(target, self._args, model=self._models[target.name], read_only=True))
+        return ", ".join(done)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def warm(self) -> None:
+        """Load each model once (the first query then only encodes)."""
+        with self.lock:
+            for db in self.dbs.values():
+                if db.embedding_count():
+                    db.encode_texts(["warm up"])
+
+    def kinds(self) -> list[str]:
+        return sorted({k for n in self.dbs for k in (REGISTRY[n].embedding_kinds or ())})
+
+    def search(self, query: str, mode: str, top_k: int, kind: str | None,
+               where: list[str]) -> list[tuple[str, Any, str]]:
+        """Hits across databases, fused exactly as ``embeddable-db search`` fuses them."""
+        if not query.strip():
+            raise BadRequest("the query is empty: type the words to search for")
+        if len(query) > MAX_QUERY:
+            raise BadRequest(f"the query is {len(query)} characters long: at most {MAX_QUERY}")
+        if mode not in MODES:
+            raise BadRequest(f"unknown mode {mode!r}: choose hybrid, vector or keyword")
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
+        names = list(self.dbs)
+        if kind:
+            if kind not in self.kinds():
+                raise BadRequest(f"unknown kind {kind!r}: choose from {', '.join(self.kinds())}")
+            names = [n for n in names if kind in (REGISTRY[n].embedding_kinds or ())]
+        try:
+            filters = hits_out.parse_where([w for w in where if w.strip()] or None, "where:")
+            if filters:
+                names = hits_out.databases_with(names, set(filters), kind, "where:")
+        except Exception as exc:  # UsageError: its message says what to change
+            raise BadRequest(str(exc)) from None
+        found: list[tuple[str, Any, str]] = []
+        sides: list[Any] = []
+        vectors: dict[str, Any] = {}
+        with self.lock:
+            for name in names:
+                db = self.dbs[name]
+                if db.embedding_count() == 0:
+                    continue
+                q: Any = query
+                if mode != "keyword":
+                    if db.model_id not in vectors:
+                        vectors[db.model_id] = db.encode_texts([query])[0]
+                    q = vectors[db.model_id]
+                try:
+                    if mode == "hybrid":
+                        sides.append(hits_out.both_sides(db, name, query, q, top_k, kind=kind,
+                                                         where=filters))
+                        continue
+                    for hit in db.search(q, top_k, kind=kind, mode=mode, where=filters):
+                        found.append((name, hit, " ".join(db.embedding_text(hit.record).split())))
+                except ValueError as exc:
+                    raise BadRequest(str(exc)) from None
+        if mode == "hybrid":
+            found = hits_out.fused_across(sides, top_k)
+        return hits_out.merged(found, mode, top_k)
+
+    def record(self, name: str, kind: str, record_id: int) -> tuple[Any, dict, list]:
+        """A record, its vector's state, and its 10 nearest neighbours in its store."""
+        db = self.dbs.get(name)
+        if db is None or kind not in (REGISTRY[name].embedding_kinds or ()):
+            raise BadRequest(f"no store {name!r} with records of kind {kind!r}")
+        with self.lock:
+            record = db.get(record_id, kind=kind)
+            if record is None:
+                raise BadRequest(f"{name} has no {kind} record {record_id}")
+            key = db.vector_key(record_id, kind)
+            vector = db.get_vector(key)
+            row = db.conn.execute(f"SELECT model, embedding_version, updated_at FROM "
+                                  f"{db.embedding_table} WHERE record_id = ? AND deleted = 0",
+                                  (key,)).fetchone()
+            state = {"vector": "yes" if vector is not None else "missing",
+                     "model": row[0] if row else None, "version": row[1] if row else None,
+                     "updated": row[2] if row else None,
+                     "stale model": bool(row) and row[0] != db.model_id}
+            near = []
+            if vector is not None:
+                near = [h for h in db.search(vector, 11, mode="vector")
+                        if (h.kind, h.record_id) != (kind, record_id)][:10]
+        return record, state, near
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per store: the counts ``stats`` prints and the result of ``verify_index()``."""
+        out = []
+        with self.lock:
+            for name, db in self.dbs.items():
+                plan = db.backfill_plan()
+                counts = plan_counts(plan)
+                report = db.verify_index()
+                out.append({"name": name, "records": plan.records,
+                            "vectors": db.embedding_count(), **counts, "model": db.model_id,
+                            "backend": self.backends[name],
+                            "index size": index_size(db),
+                            "verify": "ok" if report.ok else "; ".join(report.problems)})
+        return out
+
+    def map_points(self, limit: int = 3000, seed: int = 0) -> list[dict[str, Any]]:
+        """A 2-D PCA projection of up to ``limit`` vectors per store, sampled evenly."""
+        points = []
+        with self.lock:
+            for name, db in self.dbs.items():
+                keys = [k for (k,) in db.conn.execute(
+                    f"SELECT record_id FROM {db.embedding_table} WHERE deleted = 0")]
+                if not keys:
+                    continue
+                rng = np.random.default_rng(seed)
+                if len(keys) > limit:
+                    keys = [keys[i] for i in sorted(rng.choice(len(keys), limit, replace=False))]
+                vecs, kept = [], []
+                for key in keys:
+                    v = db.get_vector(key)
+                    if v is not None:
+                        vecs.append(v)
+                        kept.append(key)
+                if not vecs:
+                    continue
+                xy = pca2(np.asarray(vecs, dtype=np.float32))
+                for key, (x, y) in zip(kept, xy, strict=True):
+                    kind, _, rid = key.partition(":")
+                    rec = db.get(int(rid), kind=kind) if rid.isdigit() else None
+                    text = "" if rec is None else " ".join(db.embedding_text(rec).split())[:160]
+                    points.append({"store": name, "kind": kind, "id": rid, "x": float(x),
+                                   "y": float(y), "text": text})
+        return points
+
+
+def pca2(vectors: np.ndarray) -> np.ndarray:
+    """The first two principal components of ``vectors``, scaled to [0, 1]."""
+    centred = vectors - vectors.mean(axis=0)
+    if len(vectors) < 2:
+        return np.full((len(vectors), 2), 0.5)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    if xy.shape[1] < 2:
+        xy = np.hstack([xy, np.zeros((len(xy), 1))])
+    low, high = xy.min(axis=0), xy.max(axis=0)
+    return (xy - low) / np.where(high > low, high - low, 1.0)
+
+
+def plan_counts(plan: Any) -> dict[str, int]:
+    counts = dataclasses.asdict(plan) if dataclasses.is_dataclass(plan) else dict(vars(plan))
+    def n(v: Any) -> int:
+        return v if isinstance(v, int) else len(v) if hasattr(v, "__len__") else 0
+    stale = sum(n(counts.get(k, 0)) for k in ("stale_text", "stale_model", "stale_version",
+                                                "stale_kind"))
+    return {"missing": n(counts.get("missing", 0)), "stale": stale,
+            "orphaned": n(counts.get("orphaned", 0))}
+
+
+def index_size(db: Any) -> int:
+    path = getattr(db, "index_path", None)
+    try:
+        return Path(path).stat().st_size if path else 0
+    except OSError:
+        return 0

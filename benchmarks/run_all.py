@@ -24,6 +24,7 @@ SCRIPTS = (
     "bench_encoder.py",
     "eval/score.py",
     "bench_hybrid.py",
+    "bench_web.py",
 )
 #: ``make bench-scale`` (``--scale``): issue 12's figures at 100k and 1M records.
 SCALE_SCRIPTS = (

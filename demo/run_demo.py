@@ -98,6 +98,8 @@ def main() -> None:
     run([*CLI, "stats", *data])
     run([*CLI, "verify", *data])
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+    print("open the web page on the demo data (needs the [web] extra, part of .[dev]):")
+    print(f"  .venv/bin/embeddable-db serve --data-dir {DATA.relative_to(ROOT)} --open")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ encoder): every page, the JSON API, bad parameters, and stored text that tries t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("starlette")
@@ -111,3 +113,15 @@ def test_backfill_button_needs_the_token(data):
 
 def test_highlight_escapes_before_marking():
     assert str(highlight("<b>mark</b> me", "b mark")) == "&lt;b&gt;<mark>mark</mark>&lt;/b&gt; me"
+
+
+def test_serve_refuses_a_missing_data_directory(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "embeddable_db.cli", "serve", "--data-dir",
+                           str(tmp_path / "nope")], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+                               "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    assert not (tmp_path / "nope").exists()

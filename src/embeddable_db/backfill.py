@@ -248,9 +248,15 @@ class _Walk:
                 read = self._read(min(limit - len(window), 1_000))  # others in between
                 if not read:
                     break
-                states = self.engine.states_of([item[0] for item in read])
+                states = self.engine.stale_states(
+                    [(item[0], item[3], item[2]) for item in read],
+                    self.source.model_id, self.source.embedding_version,
+                )
             for item in read:
-                planned = self._judge(item, states.get(item[0]))
+                if item[0] not in states:  # current, keyword row and all
+                    self.plan.unchanged += 1
+                    continue
+                planned = self._judge(item, states[item[0]])
                 if planned is not None:
                     window.append(planned)
             if len(self._fills) >= FILL_CHUNK:

@@ -275,6 +275,15 @@ class PostgresEngine:
             ).fetchall()
         return {row[0]: StoredState(*row[1:]) for row in rows}
 
+    def stale_states(
+        self, items: list[tuple[str, str, str]], model: str, embedding_version: int
+    ) -> dict[str, StoredState | None]:
+        states = self.states_of([key for key, _, _ in items])
+        return {
+            key: states.get(key) for key, digest, kind in items
+            if key not in states or not states[key].current_for(digest, kind, model, embedding_version)
+        }
+
     def unseen_keys(self, seen: Container[str], through_seq: int) -> list[str]:
         unseen: list[str] = []
         after = ""

@@ -92,6 +92,11 @@ class Engine(Protocol):
 
     def model_counts(self) -> dict[str, int]: ...
 
+    def stored_count(self) -> int | None:
+        """How many keys ``states_of`` knows (every model's vectors): a backfill that saw as
+        many of them, with no write since it started, has no orphans to look for. None when
+        ``last_seq`` cannot say that nothing was written (it is not a write counter)."""
+
     def search(
         self, query: Any, top_k: int, kind: str | None, ids: list[str] | None = None
     ) -> list[tuple[str, float]]:

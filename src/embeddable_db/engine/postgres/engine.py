@@ -333,6 +333,11 @@ class PostgresEngine:
                 (self.model_id, dim),
             ).fetchone()[0]
 
+    def stored_count(self) -> None:
+        """None: ``last_seq`` is the snapshot horizon, which a long transaction holds still
+        while others commit, so it cannot show that nothing was written."""
+        return None
+
     def model_counts(self) -> dict[str, int]:
         with self.lock, self.conn.transaction():
             if not self._refresh_exists():

@@ -207,6 +207,10 @@ class SQLiteEngine:
             self._refresh()
             return len(self.view)
 
+    def stored_count(self) -> int:
+        with self.lock:
+            return self.store.count()
+
     def model_counts(self) -> dict[str, int]:
         with self.lock:
             return self.store.model_counts()

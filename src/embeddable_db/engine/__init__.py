@@ -93,9 +93,10 @@ class Engine(Protocol):
     def model_counts(self) -> dict[str, int]: ...
 
     def stored_count(self) -> int | None:
-        """How many keys ``states_of`` knows (every model's vectors): a backfill that saw as
-        many of them, with no write since it started, has no orphans to look for. None when
-        ``last_seq`` cannot say that nothing was written (it is not a write counter)."""
+        """How many keys the store holds a row for, at least every key ``states_of`` knows
+        (SQLite: tombstones of removed vectors too): a backfill that read a record for as many
+        keys with a vector, with no write since it started, has no orphans to look for. None
+        when ``last_seq`` cannot say that nothing was written (it is not a write counter)."""
 
     def search(
         self, query: Any, top_k: int, kind: str | None, ids: list[str] | None = None

@@ -209,7 +209,7 @@ class SQLiteEngine:
 
     def stored_count(self) -> int:
         with self.lock:
-            return self.store.count()
+            return self.store.rows()
 
     def model_counts(self) -> dict[str, int]:
         with self.lock:

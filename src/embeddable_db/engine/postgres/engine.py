@@ -275,14 +275,10 @@ class PostgresEngine:
             ).fetchall()
         return {row[0]: StoredState(*row[1:]) for row in rows}
 
-    def stale_states(
-        self, items: list[tuple[str, str, str]], model: str, embedding_version: int
-    ) -> dict[str, StoredState | None]:
+    def stale_states(self, items, model: str, embedding_version: int) -> dict:
         states = self.states_of([key for key, _, _ in items])
-        return {
-            key: states.get(key) for key, digest, kind in items
-            if key not in states or not states[key].current_for(digest, kind, model, embedding_version)
-        }
+        return {key: states.get(key) for key, digest, kind in items if key not in states
+                or not states[key].current_for(digest, kind, model, embedding_version)}
 
     def unseen_keys(self, seen: Container[str], through_seq: int) -> list[str]:
         unseen: list[str] = []
@@ -334,8 +330,7 @@ class PostgresEngine:
             ).fetchone()[0]
 
     def stored_count(self) -> None:
-        """None: ``last_seq`` is the snapshot horizon, which a long transaction holds still
-        while others commit, so it cannot show that nothing was written."""
+        """None: ``last_seq`` is a snapshot horizon, held still by a long transaction."""
         return None
 
     def model_counts(self) -> dict[str, int]:

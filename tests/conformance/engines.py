@@ -237,19 +237,7 @@ RECORDS_DDL = (
 )
 
 
-class _Records(EmbeddableDBMixin):
-    """What both engines' stores read: a ``records(id, body, kind)`` table through
-    ``self.conn`` (sqlite3 and psycopg connections alike execute and iterate)."""
-
-    def embedding_text(self, record):
-        return record["body"]
-
-    def iter_records(self):
-        for rid, body, kind in self.conn.execute("SELECT id, body, kind FROM records ORDER BY id"):
-            yield rid, {"body": body}, kind
-
-
-class RecordsStore(_Records):
+class RecordsStore(EmbeddableDBMixin):
     """A store over one ``records`` table in its own SQLite file (the README's usage)."""
 
     def __init__(self, path: str, **options: Any) -> None:
@@ -262,6 +250,12 @@ class RecordsStore(_Records):
             self.conn.close()
             raise
 
+    def embedding_text(self, record):
+        return record["body"]
+
+    def iter_records(self):
+        for rid, body, kind in self.conn.execute("SELECT id, body, kind FROM records ORDER BY id"):
+            yield rid, {"body": body}, kind
 
 
 class SqliteEngine(EngineFactory):
@@ -324,7 +318,7 @@ PG_RECORDS_DDL = (
 )
 
 
-class PgRecordsStore(_Records):
+class PgRecordsStore(EmbeddableDBMixin):
     """The same store over a ``records`` table of a PostgreSQL schema. The connection is in
     autocommit mode, as the engine's docstring recommends: iter_records' SELECT then opens no
     transaction that every batch of a backfill would wait in."""
@@ -340,6 +334,12 @@ class PgRecordsStore(_Records):
             self.conn.close()
             raise
 
+    def embedding_text(self, record):
+        return record["body"]
+
+    def iter_records(self):
+        for rid, body, kind in self.conn.execute("SELECT id, body, kind FROM records ORDER BY id"):
+            yield rid, {"body": body}, kind
 
 
 class PostgresEngine(EngineFactory):

@@ -1,7 +1,8 @@
 """Fresh-process probes for the cold-open and memory benchmarks; each prints one JSON line.
 
     child.py baseline <backend>           imports what a store needs, opens nothing
-    child.py open <backend> <folder>      opens the store and answers one search_by_vector
+    child.py open <backend> <folder> [n]  opens the store and answers one search_by_vector
+                                          (then n more, for the memory figure)
     child.py raw <backend> <index file>   the library alone loads the index file and searches
     child.py backfill <backend> <folder> <n>   backfills n text records with hash:384
     child.py notes <backend> <db file>    opens bench_scale_backfill's notes store, answers one
@@ -37,7 +38,7 @@ def baseline(backend: str) -> dict:
     return {}
 
 
-def open_store(backend: str, folder: str) -> dict:
+def open_store(backend: str, folder: str, more: str = "0") -> dict:
     from pathlib import Path
 
     from common import open_store as open_bench_store
@@ -47,8 +48,21 @@ def open_store(backend: str, folder: str) -> dict:
     opened = time.perf_counter()
     hits = store.search_by_vector(query(), 10)
     searched = time.perf_counter()
+    answered = time.time()
     assert len(hits) == 10
-    return {"answered_at": time.time(), "open_s": opened - started, "search_s": searched - opened}
+    _more_searches(store, int(more))
+    return {"answered_at": answered, "open_s": opened - started, "search_s": searched - opened,
+            "torch": "torch" in sys.modules}
+
+
+def _more_searches(store, n: int) -> None:
+    """``n`` more searches of random vectors (for the memory figure: what searching touches)."""
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    for _ in range(n):
+        vector = rng.normal(size=DIM).astype(np.float32)
+        store.search_by_vector(vector / np.linalg.norm(vector), 10)
 
 
 def notes(backend: str, path: str) -> dict:
@@ -61,12 +75,7 @@ def notes(backend: str, path: str) -> dict:
     assert len(store.search_by_vector(query(), 10)) == 10
     searched = time.perf_counter()
     answered = time.time()
-    import numpy as np
-
-    rng = np.random.default_rng(2)
-    for _ in range(200):
-        vector = rng.normal(size=DIM).astype(np.float32)
-        store.search_by_vector(vector / np.linalg.norm(vector), 10)
+    _more_searches(store, 200)
     return {"answered_at": answered, "open_s": opened - started, "search_s": searched - opened,
             "torch": "torch" in sys.modules}
 

@@ -1,7 +1,7 @@
 """Run every benchmark in its own process, print their output and a summary of ratios.
 
 ``make bench`` runs issue 6's benchmarks (100k vectors); ``make bench-scale`` (``--scale``)
-runs issue 12's at one million records. The first run embeds the real texts once (minutes);
+runs issue 12's and issue 15's at one million records. The first run embeds the real texts once (minutes);
 later runs reuse ``benchmarks/.cache/``. Exit status is non-zero when a benchmark fails (not
 when a target is missed).
 """
@@ -32,6 +32,7 @@ SCALE_SCRIPTS = (
     "bench_scale_backfill.py",
     "bench_scale_search.py",
     "bench_scale_crash.py",
+    "bench_scale_tables.py",
 )
 
 

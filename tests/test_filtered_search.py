@@ -158,3 +158,18 @@ def test_a_reopened_store_reads_the_set_from_its_files(tmp_path, vectors, backen
     finally:
         db.close()
         db.conn.close()
+
+
+def test_a_backend_that_cannot_give_vectors_back_is_answered_from_sqlite(store, vectors, monkeypatch):
+    """``LiveIndex.vectors_of`` None (a backend without bulk reads): the set's vectors come
+    from SQLite, and the answers are the same."""
+    from embeddable_db.engine.sqlite.live_index import LiveIndex
+
+    within = list(range(0, N, 7))[:200]
+    query = unit_vectors(1, DIM, seed=99)[0]
+    expected = brute_force(vectors, query, within, 10)
+    monkeypatch.setattr(LiveIndex, "vectors_of", lambda self, labels: None)
+    hits = store.search_by_vector(query.tolist(), top_k=10, ids=within)
+    assert hit_ids(hits) == expected
+    for record_id, distance in hits:
+        assert distance == pytest.approx(1 - float(vectors[int(record_id)] @ query), abs=1e-5)

@@ -467,3 +467,45 @@ def test_a_long_walk_over_current_records_reports_progress_as_it_reads(make_note
     assert len(seen) >= 4 and seen == sorted(seen) and seen[-1] == 2_500
     assert seen[0] < 2_500  # told before the end, while reading
     db.close()
+
+
+def test_a_backfill_finds_an_orphan_even_when_writes_during_it_balance_the_counts(make_notes):
+    """A walk that read as many stored keys as the store holds skips the orphan scan only if
+    nothing was written meanwhile. Here, between the walk's first chunk of records (1,000) and
+    its second, record 1's vector is removed and record 2000 gets one, so the counts match
+    though record 1001's vector has lost its record."""
+    db = make_notes()
+    db.conn.executemany("INSERT INTO notes(id, body) VALUES (?, ?)",
+                        [(i, f"note {i}") for i in range(1, 1002)])
+    db.conn.commit()
+    db.backfill_embeddings(batch_size=500)
+    db.conn.execute("DELETE FROM notes WHERE id = 1001")
+    db.conn.execute("INSERT INTO notes(id, body) VALUES (2000, 'note 2000')")
+    db.conn.commit()
+    read = db.iter_records
+
+    def records_while_others_write():
+        for n, item in enumerate(read()):
+            if n == 1_000:  # the first record of the second chunk
+                db.remove_embedding(1)
+                db.add_embedding(2000, {"body": "note 2000"}, "note")
+            yield item
+
+    db.iter_records = records_while_others_write
+    result = db.backfill_embeddings(batch_size=500)
+    assert result.removed == 1 and db.get_vector(1001) is None
+    db.iter_records = read
+    assert db.backfill_plan().orphaned == 0
+    assert db.backfill_embeddings().removed == 0  # and a quiet walk finds none either
+
+
+def test_a_no_op_backfill_still_finds_a_record_deleted_by_plain_sql(make_notes):
+    db = make_notes()
+    for i in range(1, 6):
+        db.add_note(f"note {i}")
+    db.backfill_embeddings()
+    db.conn.execute("DELETE FROM notes WHERE id = 4")
+    db.conn.commit()
+    assert db.backfill_plan().orphaned == 1
+    result = db.backfill_embeddings()
+    assert (result.removed, result.unchanged) == (1, 4) and db.get_vector(4) is None

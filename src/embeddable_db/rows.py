@@ -52,3 +52,9 @@ class StoredState(NamedTuple):
     #: Whether the vector's text is in the keyword index (a store migrated to the keyword
     #: index has none until a backfill fills them, from the records, without the model).
     keyword: bool = True
+
+    def current_for(self, text_hash: str, kind: str, model: str, embedding_version: int) -> bool:
+        """Whether a backfill has nothing to do for a record with this hash and kind: the
+        vector was made from this text, by this model and version, and has its keyword row."""
+        return (self.text_hash == text_hash and self.model == model and self.kind == kind
+                and self.embedding_version >= embedding_version and bool(self.keyword))

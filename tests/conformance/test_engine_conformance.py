@@ -302,6 +302,27 @@ def test_backfill_follows_a_record_whose_kind_changed(engine):
     assert [rid for rid, _ in store.search_by_text("alpha", top_k=2, kind="a")] == ["2"]
 
 
+def test_the_seam_names_exactly_the_records_a_backfill_may_have_to_act_on(engine):
+    """``Engine.stale_states`` (the no-op backfill's fast path) against the rule spelled out
+    in Python (``StoredState.current_for``) on every kind of difference."""
+    store = engine.open({1: "one", 2: "two", 3: "three", 4: "four"}, kinds="a", encoder="hash:64")
+    store.backfill_embeddings()
+    seam = store._engine
+    states = seam.states_of(["1", "2", "3", "4"])
+    model = store.model_id
+    asked = [("1", states["1"].text_hash, "a"),  # current
+             ("2", "another text hash", "a"),  # text changed
+             ("3", states["3"].text_hash, "b"),  # kind changed
+             ("4", states["4"].text_hash, "a"),  # current
+             ("5", "no vector yet", "a")]
+    assert seam.stale_states(asked, model, 1) == {"2": states["2"], "3": states["3"], "5": None}
+    assert set(seam.stale_states(asked, model, 2)) == {"1", "2", "3", "4", "5"}  # older version
+    assert set(seam.stale_states(asked, "another/model", 1)) == {"1", "2", "3", "4", "5"}
+    for key, digest, kind in asked[:4]:
+        current = key not in seam.stale_states(asked, model, 1)
+        assert states[key].current_for(digest, kind, model, 1) is current
+
+
 # -- rebuilding never encodes -----------------------------------------------------------------
 def test_rebuild_and_reopen_without_index_files_never_encode(engine):
     """Vectors come from a backfill of records (so the model made them); the JSON vectors

@@ -71,6 +71,13 @@ class Engine(Protocol):
     def states_of(self, keys: list[str]) -> dict[str, StoredState]:
         """What the vectors of these keys were made from (keys without a vector are absent)."""
 
+    def stale_states(
+        self, items: list[tuple[str, str, str]], model: str, embedding_version: int
+    ) -> dict[str, StoredState | None]:
+        """For ``(key, text hash, kind)`` items, the stored state of each one a backfill may
+        have to act on (None: no vector); a current one (``StoredState.current_for``) is
+        absent, so a backfill with nothing to do builds nothing per record."""
+
     def unseen_keys(self, seen: Container[str], through_seq: int) -> list[str]:
         """Keys of vectors last changed at or before ``through_seq`` that are not in ``seen``
         (a backfill's orphans); the lock is held a page of keys at a time."""
@@ -84,6 +91,12 @@ class Engine(Protocol):
         """How many vectors a search can find."""
 
     def model_counts(self) -> dict[str, int]: ...
+
+    def stored_count(self) -> int | None:
+        """How many keys the store holds a row for, at least every key ``states_of`` knows
+        (SQLite: tombstones of removed vectors too): a backfill that read a record for as many
+        keys with a vector, with no write since it started, has no orphans to look for. None
+        when ``last_seq`` cannot say that nothing was written (it is not a write counter)."""
 
     def search(
         self, query: Any, top_k: int, kind: str | None, ids: list[str] | None = None

@@ -275,6 +275,11 @@ class PostgresEngine:
             ).fetchall()
         return {row[0]: StoredState(*row[1:]) for row in rows}
 
+    def stale_states(self, items, model: str, embedding_version: int) -> dict:
+        states = self.states_of([key for key, _, _ in items])
+        return {key: states.get(key) for key, digest, kind in items if key not in states
+                or not states[key].current_for(digest, kind, model, embedding_version)}
+
     def unseen_keys(self, seen: Container[str], through_seq: int) -> list[str]:
         unseen: list[str] = []
         after = ""
@@ -323,6 +328,10 @@ class PostgresEngine:
                 sql.SQL("SELECT count(*) FROM {} WHERE model = %s AND dim = %s").format(self.names.t),
                 (self.model_id, dim),
             ).fetchone()[0]
+
+    def stored_count(self) -> None:
+        """None: ``last_seq`` is a snapshot horizon, held still by a long transaction."""
+        return None
 
     def model_counts(self) -> dict[str, int]:
         with self.lock, self.conn.transaction():

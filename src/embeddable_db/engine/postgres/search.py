@@ -47,16 +47,23 @@ MAX_TERMS = 64
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
-def _filters(model: str, dim: int, kind: str | None, ids: list[str] | None) -> tuple[sql.Composable, list]:
-    clauses = [sql.SQL("dim = {}").format(sql.Literal(int(dim))), sql.SQL("model = %s")]
-    args: list[Any] = [model]
+def _scope(kind: str | None, ids: list[str] | None, prefix: str = "") -> tuple[list, list]:
+    """The clauses (and their arguments) that keep a search to a kind and to a set of ids."""
+    clauses: list[sql.Composable] = []
+    args: list[Any] = []
     if kind is not None:
-        clauses.append(sql.SQL("kind = %s"))
+        clauses.append(sql.SQL(f"{prefix}kind = %s"))
         args.append(kind)
     if ids is not None:
-        clauses.append(sql.SQL("record_id = ANY(%s)"))
+        clauses.append(sql.SQL(f"{prefix}record_id = ANY(%s)"))
         args.append(ids)
-    return sql.SQL(" AND ").join(clauses), args
+    return clauses, args
+
+
+def _filters(model: str, dim: int, kind: str | None, ids: list[str] | None) -> tuple[sql.Composable, list]:
+    scoped, scoped_args = _scope(kind, ids)
+    clauses = [sql.SQL("dim = {}").format(sql.Literal(int(dim))), sql.SQL("model = %s"), *scoped]
+    return sql.SQL(" AND ").join(clauses), [model, *scoped_args]
 
 
 def vector_search(
@@ -146,13 +153,8 @@ def keyword_search(
     words = query_words(text)
     if words is None:
         return []
-    clauses, args = [sql.SQL("t.keywords @@ query.q")], [words]
-    if kind is not None:
-        clauses.append(sql.SQL("t.kind = %s"))
-        args.append(kind)
-    if ids is not None:
-        clauses.append(sql.SQL("t.record_id = ANY(%s)"))
-        args.append(ids)
+    scoped, scoped_args = _scope(kind, ids, "t.")
+    clauses, args = [sql.SQL("t.keywords @@ query.q"), *scoped], [words, *scoped_args]
     statement = sql.SQL(
         "WITH query AS ({q}) SELECT t.record_id, ts_rank(t.keywords, query.q) AS score "
         "FROM {t} t, query WHERE {where} ORDER BY score DESC, t.record_id LIMIT %s"

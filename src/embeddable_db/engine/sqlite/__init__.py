@@ -179,6 +179,12 @@ class SQLiteEngine:
         with self.lock:
             return self.store.states_of(keys)
 
+    def stale_states(
+        self, items: list[tuple[str, str, str]], model: str, embedding_version: int
+    ) -> dict[str, StoredState | None]:
+        with self.lock:
+            return self.store.stale_states(items, model, embedding_version)
+
     def unseen_keys(self, seen: Container[str], through_seq: int) -> list[str]:
         unseen: list[str] = []
         after: str | None = ""
@@ -200,6 +206,10 @@ class SQLiteEngine:
         with self.lock:
             self._refresh()
             return len(self.view)
+
+    def stored_count(self) -> int:
+        with self.lock:
+            return self.store.rows()
 
     def model_counts(self) -> dict[str, int]:
         with self.lock:

@@ -149,6 +149,12 @@ class EmptyStore(EmbeddingStore):
     def states_of(self, record_ids: list[str]) -> dict:
         return {}
 
+    def stale_states(self, items: list[tuple[str, str, str]], model: str, version: int) -> dict:
+        return dict.fromkeys((key for key, _, _ in items), None)  # none has a vector
+
+    def rows(self) -> int:
+        return 0
+
     def keys_not_in(self, seen, after: str, limit: int = 20_000) -> tuple[None, list[str]]:
         return None, []
 

@@ -17,6 +17,7 @@ before owners were recorded (opening writes nothing), and checked on open and on
 
 from __future__ import annotations
 
+import itertools
 import operator
 import re
 import sqlite3
@@ -344,6 +345,29 @@ class EmbeddingStore:
             ))
         return found
 
+    def stale_states(
+        self, items: list[tuple[str, str, str]], model: str, embedding_version: int
+    ) -> dict[str, StoredState | None]:
+        """``Engine.stale_states``: the comparison runs in SQLite, against a ``VALUES`` list of
+        the items, so a current vector's row never becomes a Python object (a no-op backfill
+        of 1M records spent ~6 of its ~18 s profiled building states it then discarded)."""
+        keyword, join = self.keywords.state_sql()
+        found: dict[str, StoredState | None] = {}
+        for start in range(0, len(items), 300):
+            chunk = items[start : start + 300]
+            rows = self.conn.execute(
+                f"WITH j(k, h, t) AS (VALUES {','.join(['(?,?,?)'] * len(chunk))}) "
+                f"SELECT j.k, e.record_id IS NOT NULL, {_STATE}{keyword} "
+                f"FROM j LEFT JOIN {self.table} e ON e.record_id = j.k AND e.deleted = 0 {join} "
+                "WHERE e.record_id IS NULL OR COALESCE(e.text_hash, '') != j.h "
+                "OR COALESCE(e.model, '') != ? OR COALESCE(e.embedding_version, 0) < ? "
+                f"OR e.kind IS NOT j.t OR NOT ({keyword})",
+                [*itertools.chain.from_iterable(chunk), model, embedding_version],
+            ).fetchall()
+            for row in rows:
+                found[row[0]] = _MAKE_STATE(row[3:]) if row[1] else None
+        return found
+
     def _states(self, sql: str, args) -> dict[str, StoredState]:
         """Rows made into states by C-level iteration (map, zip): a Python loop building
         a NamedTuple per row was ~1.5 of a 1M no-op backfill's ~6 s."""
@@ -393,6 +417,11 @@ class EmbeddingStore:
             sql = f"SELECT COUNT(*) FROM {self.table} WHERE deleted = 0 AND model = ? AND dim = ?"
             args = (model, dim)
         return self.conn.execute(sql, args).fetchone()[0]
+
+    def rows(self) -> int:
+        """Every row, tombstones included: counted on an index (0.03 s at 1M), where counting
+        live rows reads the whole table (0.7 s)."""
+        return self.conn.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0]
 
     def model_counts(self) -> dict[str, int]:
         """How many live vectors each model made: more than one key means a half-switched store."""

@@ -81,8 +81,12 @@ def test_record_page_shows_fields_vector_state_and_neighbours(client):
     assert page.status_code == 200
     assert "&lt;script&gt;alert(1)" in page.text and "<script>alert" not in page.text
     assert "hash:64" in page.text and page.text.count('class="near-link"') == 10
-    assert client.get("/record/bot/bot/999").status_code == 400
-    assert client.get("/record/nope/bot/1").status_code == 400
+    for missing, reason in (("/record/bot/bot/999", "no bot record 999"),
+                            ("/record/nope/bot/1", "there is no store &#39;nope&#39;"),
+                            ("/record/bot/workflow/1", "no records of kind &#39;workflow&#39;"),
+                            ("/record/bot/bot/x1", "no bot record x1")):
+        page = client.get(missing)
+        assert page.status_code == 404 and reason in page.text, missing
     assert client.get("/no/such/page").status_code == 404
 
 
@@ -125,3 +129,80 @@ def test_serve_refuses_a_missing_data_directory(tmp_path):
                                "PATH": "/usr/bin:/bin"}, timeout=60)
     assert done.returncode == 2 and "does not exist" in done.stderr
     assert not (tmp_path / "nope").exists()
+
+
+@pytest.fixture
+def notes(tmp_path):
+    """A user's own file: a rowid table and a table keyed by text, both embedded."""
+    import sqlite3
+
+    from embeddable_db import TableStore
+
+    path = str(tmp_path / "app.db")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (title TEXT, body TEXT)")
+    conn.execute("CREATE TABLE tags (code TEXT PRIMARY KEY, label TEXT)")
+    conn.executemany("INSERT INTO notes VALUES (?, ?)",
+                     [(f"note {i}", f"{'invoice' if i % 3 == 0 else 'garden'} notes number {i}")
+                      for i in range(30)] + [("<script>x</script>", "invoice trap")])
+    conn.executemany("INSERT INTO tags VALUES (?, ?)",
+                     [("a/b c", "invoice tag with a slash"), ("plain", "garden tag")])
+    conn.commit()
+    conn.close()
+    for table, columns in (("notes", ["title", "body"]), ("tags", ["label"])):
+        with TableStore(path, table, columns=columns, model_name="hash:64") as store:
+            store.backfill_embeddings()
+    return path
+
+
+def test_tables_of_a_users_file_are_served_beside_the_databases(data, notes):
+    stores = Stores(data, [notes], model_backend="torch")
+    try:
+        assert sorted(stores.views) == ["app.notes", "app.tags", "bot"]
+        with TestClient(build_app(stores)) as c:
+            hits = c.get("/api/search", params={"q": "invoice", "mode": "keyword",
+                                                "top_k": 50}).json()["hits"]
+            by_store = {h["database"] for h in hits}
+            assert by_store == {"app.notes", "app.tags", "bot"}
+            assert all(h["kind"] == "notes" for h in hits if h["database"] == "app.notes")
+            page = c.get("/", params={"q": "invoice trap", "mode": "hybrid"}).text
+            assert "&lt;script&gt;x" in page and "<script>x" not in page
+            link = page.split('class="hit-link" href="')[1].split('"')[0]
+            assert link.startswith("/record/app.notes/notes/")
+            record = c.get(link)
+            assert record.status_code == 200 and "invoice trap" in record.text
+            assert record.text.count('class="near-link"') == 10
+            slashed = c.get("/record/app.tags/tags/a%2Fb%20c")
+            assert slashed.status_code == 200 and "invoice tag with a slash" in slashed.text
+            assert c.get("/record/app.tags/tags/nope").status_code == 404
+            filtered = c.get("/api/search", params={"q": "notes", "mode": "vector",
+                                                    "where": "title=note 3"}).json()["hits"]
+            assert [(h["database"], h["record"]["title"]) for h in filtered] == [("app.notes",
+                                                                                "note 3")]
+            bad = c.get("/api/search", params={"q": "x", "where": "colour=red"})
+            assert bad.status_code == 400 and "title" in bad.json()["error"]
+            rows = {r["name"]: r for r in stores.summary()}
+            assert rows["app.notes"]["records"] == 31 and rows["app.notes"]["vectors"] == 31
+            assert rows["app.tags"]["verify"] == "ok"
+            points = c.get("/api/map").json()["points"]
+            assert sum(p["store"] == "app.tags" for p in points) == 2
+            assert {p["id"] for p in points if p["store"] == "app.tags"} == {"a/b c", "plain"}
+    finally:
+        stores.close()
+
+
+def test_serve_checks_its_files_before_starting(tmp_path):
+    import subprocess
+    import sys
+
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "embeddable_db.cli", "serve",
+                           str(tmp_path / "missing.db")], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 2 and "no database file" in done.stderr
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
+    done = subprocess.run([sys.executable, "-m", "embeddable_db.cli", "serve",
+                           str(tmp_path / "junk.db"), "--port", "1"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert done.returncode == 2 and "not a SQLite database" in done.stderr
+    assert (tmp_path / "junk.db").read_bytes() == b"not a database at all" * 100

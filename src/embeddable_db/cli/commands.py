@@ -296,16 +296,22 @@ def run_rebuild(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """The web page (extra ``[web]``), imported only here so the CLI works without it."""
-    if not args.data_dir.is_dir():
-        raise UsageError(f"{args.prog} serve: error: data directory {str(args.data_dir)!r} does "
+    """The web page (extra ``[web]``), imported only here so the CLI works without it. Files
+    given alone are served alone; with ``--data-dir`` (or none), the data directory too."""
+    data_dir = None if args.files and not args.data_dir_given else args.data_dir
+    if data_dir is not None and not data_dir.is_dir():
+        raise UsageError(f"{args.prog} serve: error: data directory {str(data_dir)!r} does "
                          "not exist: check --data-dir or $EMBEDDABLE_DB_HOME")
+    for file in args.files:
+        if not os.path.isfile(file):
+            raise UsageError(f"{args.prog} serve: error: there is no database file {file!r}: "
+                             "give SQLite files with tables embedded by `embed`")
     try:
         from ..web.server import serve
     except ImportError as exc:
         raise UsageError(f"{args.prog} serve: error: {exc.name} is not installed: "
                          "pip install 'embeddable-db[web]'") from None
-    return serve(args.data_dir, host=args.host, port=args.port, open_browser=args.open,
+    return serve(data_dir, args.files, host=args.host, port=args.port, open_browser=args.open,
                  allow_backfill=args.allow_backfill, model_backend=args.model_backend)
 
 
@@ -360,6 +366,7 @@ def run(argv: Sequence[str] | None, prog: str) -> int:
         if args.command in TABLE_COMMANDS:
             _logging(args)
             return TABLE_COMMANDS[args.command](args)
+        args.data_dir_given = args.data_dir is not None
         args.data_dir = resolve_data_dir(args.data_dir)  # once: every path below derives from it
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING,

@@ -142,5 +142,5 @@ def hit_json(name: str, hit: Any, mode: str) -> dict[str, Any]:
         "score": None if hit.score is None else round(float(hit.score), 6),
         "vector_rank": hit.vector_rank,
         "keyword_rank": hit.keyword_rank,
-        "record": dataclasses.asdict(hit.record),
+        "record": hit.record if isinstance(hit.record, dict) else dataclasses.asdict(hit.record),
     }

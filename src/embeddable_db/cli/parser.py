@@ -137,6 +137,9 @@ def build_parser(prog: str = "embeddable-db") -> Parser:
         common(commands.add_parser(name, help=text), backend_help)
     serve = commands.add_parser("serve", help="a local web page to search and browse the stores "
                                 "(needs the [web] extra)")
+    serve.add_argument("files", nargs="*", metavar="DB",
+                       help="SQLite files whose embedded tables (`embed`) to serve as well; "
+                       "given without --data-dir, only these")
     serve.add_argument("--data-dir", type=folder, default=None,
                        help="folder holding the databases (default: $EMBEDDABLE_DB_HOME or ./data)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")

@@ -167,10 +167,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 # -- tables, drop ---------------------------------------------------------------------------------
-def run_tables(args: argparse.Namespace) -> int:
-    holder = args.store if args.store else args.db
-    if args.store and not os.path.isfile(args.store):
-        raise UsageError(f"{args.prog} tables: error: no store file {args.store!r}")
+def embedded_tables(holder: str) -> list[str]:
+    """The tables whose stores live in the file ``holder`` (read without writing anything)."""
     conn = _read_only(holder)
     try:
         metas = [r[0] for r in conn.execute(
@@ -186,6 +184,14 @@ def run_tables(args: argparse.Namespace) -> int:
                 names.append(json.loads(row[0])["table"])
     finally:
         conn.close()
+    return names
+
+
+def run_tables(args: argparse.Namespace) -> int:
+    holder = args.store if args.store else args.db
+    if args.store and not os.path.isfile(args.store):
+        raise UsageError(f"{args.prog} tables: error: no store file {args.store!r}")
+    names = embedded_tables(holder)
     header = ("table", "rows", "vectors", "missing", "stale", "model", "backend", "changes",
               "index size")
     lines: list[tuple] = []

@@ -296,6 +296,15 @@ class TableStore(EmbeddableDBMixin):
         column -> value or column -> (operator, value), operators ``= != < <= > >= in like``
         (``filters.py``): only the rows it selects are searched, and still ``top_k`` of them
         come back when that many match. Rows deleted since the last backfill are skipped."""
+        label = "_distance" if mode == "vector" else "_score"
+        return [{**row, label: value}
+                for _, row, value in self.keyed_search(query, top_k, mode=mode, where=where)]
+
+    def keyed_search(
+        self, query: Any, top_k: int = 10, *, mode: str = "vector", where: Any = None
+    ) -> list[tuple[str, dict[str, Any], float]]:
+        """``search`` as (key, row, distance or score) triples: for callers that need to know
+        which row each hit is when the key is not one of the row's columns (the rowid)."""
         top_k = check.check_top_k(top_k)
         if mode not in MODES:
             raise InvalidInputError(f"unknown search mode {mode!r}: choose from {', '.join(MODES)}")
@@ -308,8 +317,7 @@ class TableStore(EmbeddableDBMixin):
         while True:
             found = find(want)
             rows = self.rows([key for key, _ in found])
-            label = "_distance" if mode == "vector" else "_score"
-            hits = [{**rows[key], label: score} for key, score in found if key in rows]
+            hits = [(key, rows[key], score) for key, score in found if key in rows]
             if len(hits) >= top_k or len(found) < want:
                 return hits[:top_k]
             want *= 4

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from ..cli.hits import hit_json
 from .stores import MAX_TOP_K, BadRequest, Stores
+from .views import NotFound
 
 ENV = Environment(loader=PackageLoader("embeddable_db.web", "templates"),
                   autoescape=select_autoescape(["html"]))
@@ -93,15 +94,11 @@ def build_app(stores: Stores, *, allow_backfill: bool = False) -> Starlette:
     async def record(request: Request) -> Response:
         p = request.path_params
         try:
-            rec, state, near = stores.record(p["store"], p["kind"], p["rid"])
-        except BadRequest as exc:
-            return bad(str(exc))
-        fields = rec.__dict__ if hasattr(rec, "__dict__") else {
-            f: getattr(rec, f) for f in rec.__dataclass_fields__}
-        db = stores.dbs[p["store"]]
-        near_rows = [(h, " ".join(db.embedding_text(h.record).split())) for h in near]
+            fields, state, near = stores.record(p["store"], p["kind"], p["rid"])
+        except NotFound as exc:
+            return page("error.html", 404, reason=str(exc))
         return page("record.html", store=p["store"], kind=p["kind"], rid=p["rid"],
-                    fields=fields, state=state, near=near_rows)
+                    fields=fields, state=state, near=near)
 
     async def stores_page(request: Request) -> Response:
         rows = stores.summary()
@@ -135,7 +132,7 @@ def build_app(stores: Stores, *, allow_backfill: bool = False) -> Starlette:
 
     routes = [
         Route("/", search), Route("/api/search", api_search),
-        Route("/record/{store}/{kind}/{rid:int}", record),
+        Route("/record/{store}/{kind}/{rid:path}", record),
         Route("/stores", stores_page), Route("/api/map", api_map),
         Route("/backfill", backfill, methods=["POST"]),
     ]

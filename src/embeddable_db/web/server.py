@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 import threading
 import webbrowser
+from collections.abc import Sequence
 from pathlib import Path
 
 
-def serve(data_dir: Path, *, host: str = "127.0.0.1", port: int = 8001, open_browser: bool = False,
-          allow_backfill: bool = False, model_backend: str = "onnx") -> int:
+def serve(data_dir: Path | None, files: Sequence[str] = (), *, host: str = "127.0.0.1",
+          port: int = 8001, open_browser: bool = False, allow_backfill: bool = False,
+          model_backend: str = "onnx") -> int:
     import uvicorn
 
     from .app import build_app
@@ -18,11 +20,16 @@ def serve(data_dir: Path, *, host: str = "127.0.0.1", port: int = 8001, open_bro
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host}: anyone who can reach this address can read every "
               "record (the default is 127.0.0.1)", file=sys.stderr)
-    stores = Stores(data_dir, model_backend=model_backend)
+    try:
+        stores = Stores(data_dir, files, model_backend=model_backend)
+    except ValueError as exc:  # a file that is not SQLite, a table that cannot be opened
+        print(f"embeddable-db serve: error: {exc}", file=sys.stderr)
+        return 2
     threading.Thread(target=stores.warm, name="warm-model", daemon=True).start()
     app = build_app(stores, allow_backfill=allow_backfill)
     url = f"http://{host}:{port}/"
-    print(f"serving {len(stores.dbs)} stores of {data_dir} at {url}", flush=True)
+    where = ", ".join([*([str(data_dir)] if data_dir is not None else []), *files])
+    print(f"serving {len(stores.views)} stores of {where} at {url}", flush=True)
     if open_browser:
         threading.Timer(0.5, webbrowser.open, (url,)).start()
     try:

@@ -1,4 +1,4 @@
-"""The databases a server shows, opened once, read-only, with the model their vectors were
+"""The stores a server shows, opened once, read-only, with the model their vectors were
 made by; and the searches and summaries the pages ask of them."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import threading
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..cli import hits as hits_out
-from ..cli.stores import choose_models, find_targets, open_db, stored_backend
+from ..cli.stores import choose_models, find_targets
 from ..databases import REGISTRY
+from .views import DatabaseView, NotFound, table_views
 
 MAX_TOP_K = 100
 MAX_QUERY = 500
@@ -26,21 +28,38 @@ class BadRequest(ValueError):
 
 
 class Stores:
-    """Every database of a data directory that exists, open read-only until ``close``."""
+    """Every database of a data directory that exists, and every embedded table of the
+    given files, open read-only until ``close`` (each behind a view: ``views.py``)."""
 
-    def __init__(self, data_dir: Path, *, model_backend: str = "onnx", model: str | None = None):
-        args = argparse.Namespace(db=list(REGISTRY), data_dir=data_dir, backend=None, model=model,
-                                  model_backend=model_backend, command="serve", prog="embeddable-db")
-        self.targets = [t for t in find_targets(args) if t.exists]
-        models = choose_models(args, self.targets)
+    def __init__(self, data_dir: Path | None = None, files: Sequence[str] = (), *,
+                 model_backend: str = "onnx", model: str | None = None):
+        self.views: dict[str, DatabaseView] = {}
+        if data_dir is not None:
+            args = argparse.Namespace(db=list(REGISTRY), data_dir=data_dir, backend=None,
+                                      model=model, model_backend=model_backend,
+                                      command="serve", prog="embeddable-db")
+            targets = [t for t in find_targets(args) if t.exists]
+            models = choose_models(args, targets)
+            for target in targets:
+                self.views[target.name] = DatabaseView(target, args, models[target.name])
+        for view in table_views(list(files), model_backend):
+            self.views[view.name] = view
         self._stack = ExitStack()
-        self.dbs: dict[str, Any] = {}
-        for target in self.targets:
-            self.dbs[target.name] = self._stack.enter_context(
-                open_db(target, args, model=models[target.name], read_only=True))
-        self.backends = {t.name: stored_backend(t) or "annoy" for t in self.targets}
+        try:
+            self._open_all()
+        except BaseException:
+            self._stack.close()
+            raise
         self.lock = threading.Lock()  # one request at a time touches the connections
-        self._args, self._models = args, models
+
+    @property
+    def dbs(self) -> dict[str, Any]:
+        """name -> its open (read-only) store."""
+        return {name: view.store for name, view in self.views.items()}
+
+    def _open_all(self) -> None:
+        for view in self.views.values():
+            view.store = self._stack.enter_context(view.reopen(read_only=True))
 
     def backfill(self) -> str:
         """Embed what is missing or stale (``--allow-backfill`` only): each store opened
@@ -49,14 +68,11 @@ class Stores:
         with self.lock:
             self._stack.close()
             self._stack = ExitStack()
-            for target in self.targets:
-                with open_db(target, self._args, model=self._models[target.name],
-                             read_only=False) as db:
+            for name, view in self.views.items():
+                with view.reopen(read_only=False) as db:
                     result = db.backfill_embeddings()
-                    done.append(f"{target.name}: {result.embedded} embedded")
-            for target in self.targets:
-                self.dbs[target.name] = self._stack.enter_context(
-                    open_db(target, self._args, model=self._models[target.name], read_only=True))
+                    done.append(f"{name}: {result.embedded} embedded")
+            self._open_all()
         return ", ".join(done)
 
     def close(self) -> None:
@@ -65,16 +81,22 @@ class Stores:
     def warm(self) -> None:
         """Load each model once (the first query then only encodes)."""
         with self.lock:
-            for db in self.dbs.values():
-                if db.embedding_count():
-                    db.encode_texts(["warm up"])
+            for view in self.views.values():
+                if view.store.embedding_count():
+                    view.store.encode_texts(["warm up"])
 
     def kinds(self) -> list[str]:
-        return sorted({k for n in self.dbs for k in (REGISTRY[n].embedding_kinds or ())})
+        return sorted({k for view in self.views.values() for k in view.kinds})
+
+    def _view(self, name: str) -> DatabaseView:
+        view = self.views.get(name)
+        if view is None:
+            raise NotFound(f"there is no store {name!r}: the stores are {', '.join(self.views)}")
+        return view
 
     def search(self, query: str, mode: str, top_k: int, kind: str | None,
                where: list[str]) -> list[tuple[str, Any, str]]:
-        """Hits across databases, fused exactly as ``embeddable-db search`` fuses them."""
+        """Hits across stores, fused exactly as ``embeddable-db search`` fuses them."""
         if not query.strip():
             raise BadRequest("the query is empty: type the words to search for")
         if len(query) > MAX_QUERY:
@@ -83,23 +105,27 @@ class Stores:
             raise BadRequest(f"unknown mode {mode!r}: choose hybrid, vector or keyword")
         if not 1 <= top_k <= MAX_TOP_K:
             raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
-        names = list(self.dbs)
+        views = list(self.views.values())
         if kind:
             if kind not in self.kinds():
                 raise BadRequest(f"unknown kind {kind!r}: choose from {', '.join(self.kinds())}")
-            names = [n for n in names if kind in (REGISTRY[n].embedding_kinds or ())]
+            views = [v for v in views if kind in v.kinds]
         try:
             filters = hits_out.parse_where([w for w in where if w.strip()] or None, "where:")
-            if filters:
-                names = hits_out.databases_with(names, set(filters), kind, "where:")
         except Exception as exc:  # UsageError: its message says what to change
             raise BadRequest(str(exc)) from None
+        if filters:
+            views = [v for v in views if set(filters) <= v.fields(kind)]
+            if not views:
+                valid = sorted({f for v in self.views.values() for f in v.fields(kind)})
+                raise BadRequest(f"no store has records with field(s) {', '.join(sorted(filters))}"
+                                 f"; fields you can filter on: {', '.join(valid)}")
         found: list[tuple[str, Any, str]] = []
         sides: list[Any] = []
         vectors: dict[str, Any] = {}
         with self.lock:
-            for name in names:
-                db = self.dbs[name]
+            for view in views:
+                db = view.store
                 if db.embedding_count() == 0:
                     continue
                 q: Any = query
@@ -109,27 +135,25 @@ class Stores:
                     q = vectors[db.model_id]
                 try:
                     if mode == "hybrid":
-                        sides.append(hits_out.both_sides(db, name, query, q, top_k, kind=kind,
-                                                         where=filters))
+                        sides.append(hits_out.both_sides(view, view.name, query, q, top_k,
+                                                         kind=kind, where=filters))
                         continue
-                    for hit in db.search(q, top_k, kind=kind, mode=mode, where=filters):
-                        found.append((name, hit, " ".join(db.embedding_text(hit.record).split())))
+                    for hit in view.search(q, top_k, kind=kind, mode=mode, where=filters):
+                        found.append((view.name, hit,
+                                      " ".join(db.embedding_text(hit.record).split())))
                 except ValueError as exc:
                     raise BadRequest(str(exc)) from None
         if mode == "hybrid":
             found = hits_out.fused_across(sides, top_k)
         return hits_out.merged(found, mode, top_k)
 
-    def record(self, name: str, kind: str, record_id: int) -> tuple[Any, dict, list]:
-        """A record, its vector's state, and its 10 nearest neighbours in its store."""
-        db = self.dbs.get(name)
-        if db is None or kind not in (REGISTRY[name].embedding_kinds or ()):
-            raise BadRequest(f"no store {name!r} with records of kind {kind!r}")
+    def record(self, name: str, kind: str, rid: str) -> tuple[dict, dict, list]:
+        """A record's fields, its vector's state, and its 10 nearest neighbours in its store,
+        each neighbour with its text."""
+        view = self._view(name)
         with self.lock:
-            record = db.get(record_id, kind=kind)
-            if record is None:
-                raise BadRequest(f"{name} has no {kind} record {record_id}")
-            key = db.vector_key(record_id, kind)
+            fields, key = view.record(kind, rid)
+            db = view.store
             vector = db.get_vector(key)
             row = db.conn.execute(f"SELECT model, embedding_version, updated_at FROM "
                                   f"{db.embedding_table} WHERE record_id = ? AND deleted = 0",
@@ -140,21 +164,22 @@ class Stores:
                      "stale model": bool(row) and row[0] != db.model_id}
             near = []
             if vector is not None:
-                near = [h for h in db.search(vector, 11, mode="vector")
-                        if (h.kind, h.record_id) != (kind, record_id)][:10]
-        return record, state, near
+                hits = view.search(vector, 11, kind=None, mode="vector", where=None)
+                near = [(h, " ".join(db.embedding_text(h.record).split()))
+                        for h in hits if h.key != key][:10]
+        return fields, state, near
 
     def summary(self) -> list[dict[str, Any]]:
         """Per store: the counts ``stats`` prints and the result of ``verify_index()``."""
         out = []
         with self.lock:
-            for name, db in self.dbs.items():
-                plan = db.backfill_plan()
-                counts = plan_counts(plan)
+            for name, view in self.views.items():
+                db = view.store
+                plan = view.plan()
                 report = db.verify_index()
                 out.append({"name": name, "records": plan.records,
-                            "vectors": db.embedding_count(), **counts, "model": db.model_id,
-                            "backend": self.backends[name],
+                            "vectors": db.embedding_count(), **plan_counts(plan),
+                            "model": db.model_id, "backend": view.backend,
                             "index size": index_size(db),
                             "verify": "ok" if report.ok else "; ".join(report.problems)})
         return out
@@ -163,7 +188,8 @@ class Stores:
         """A 2-D PCA projection of up to ``limit`` vectors per store, sampled evenly."""
         points = []
         with self.lock:
-            for name, db in self.dbs.items():
+            for name, view in self.views.items():
+                db = view.store
                 keys = [k for (k,) in db.conn.execute(
                     f"SELECT record_id FROM {db.embedding_table} WHERE deleted = 0")]
                 if not keys:
@@ -180,10 +206,10 @@ class Stores:
                 if not vecs:
                     continue
                 xy = pca2(np.asarray(vecs, dtype=np.float32))
+                texts = view.texts(kept)
                 for key, (x, y) in zip(kept, xy, strict=True):
-                    kind, _, rid = key.partition(":")
-                    rec = db.get(int(rid), kind=kind) if rid.isdigit() else None
-                    text = "" if rec is None else " ".join(db.embedding_text(rec).split())[:160]
+                    kind, rid = view.locate(key)
+                    text = " ".join(texts.get(key, "").split())[:160]
                     points.append({"store": name, "kind": kind, "id": rid, "x": float(x),
                                    "y": float(y), "text": text})
         return points

@@ -154,7 +154,11 @@ class ChangeLog:
 
     def trusted(self, basis: dict[str, Any]) -> bool:
         """Whether the log holds every change since the last full scan (module docstring)."""
-        return self.in_place() and self.meta(BASIS_KEY) == self._basis(basis)
+        return self.in_place() and self.vouches(basis)
+
+    def vouches(self, basis: dict[str, Any]) -> bool:
+        """Whether the last full scan was made under ``basis`` (and this token)."""
+        return self.meta(BASIS_KEY) == self._basis(basis)
 
     def _basis(self, basis: dict[str, Any]) -> str:
         return json.dumps({**basis, "token": self.meta(TOKEN_KEY)}, sort_keys=True)
@@ -195,10 +199,13 @@ class ChangeLog:
         (last,) = self.conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {quote(self.table)}").fetchone()
         return last
 
-    def forget_since(self, seq: int) -> None:
+    def forget_since(self, seq: int, basis: dict[str, Any]) -> None:
         """Forget the changes logged after ``seq``: the caller's own writes, in the
-        transaction that also wrote their vectors (the six databases' ``add``/``update``)."""
-        self.conn.execute(f"DELETE FROM {quote(self.table)} WHERE seq > ?", (seq,))
+        transaction that also wrote their vectors (the six databases' ``add``/``update``).
+        Only under the basis of the last full scan: vectors written with another model or
+        ``embedding_version`` are for the next backfill to judge."""
+        if self.last_seq() > seq and self.vouches(basis):
+            self.conn.execute(f"DELETE FROM {quote(self.table)} WHERE seq > ?", (seq,))
 
     def acknowledge(self, through: int, failed: Iterable[str], basis: dict[str, Any] | None) -> None:
         """Forget the changes a finished backfill handled (up to ``through``), keeping those

@@ -61,9 +61,10 @@ def open_change_log(db: Any, base: type) -> ChangeLog | None:
         return None
     triggers = [t for spec in db.tables for t in _triggers(db.conn, db.embedding_table, spec)]
     log = ChangeLog(db.conn, db.embedding_table, triggers)
-    with db.embedding_transaction():
-        if not log.in_place():
-            log.install()
+    if not log.in_place():  # looked at first: most opens need no write transaction
+        with db.embedding_transaction():
+            if not log.in_place():  # another process may have installed them meanwhile
+                log.install()
     return log
 
 

@@ -321,6 +321,11 @@ RECORD_DB = {
         "index_options=None, allow_model_change=False, model_backend='torch', read_only=False)"
     ),
     "add": "method(self, record)",
+    # tracked changes (tables/tracking.py), as TableStore's
+    "backfill_embeddings": "method(self, batch_size=100, *, dry_run=False, progress=None, full=False)",
+    "backfill_plan": "method(self, *, full=False)",
+    "changes_trusted": "method(self)",
+    "pending_changes": "method(self)",
     "count": "method(self, *, kind=None)",
     "delete": "method(self, record_id, *, kind=None)",
     "fetch": "method(self, limit=50, *, kind=None)",

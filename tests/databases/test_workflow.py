@@ -23,12 +23,15 @@ def test_update_statuses_is_one_transaction_and_leaves_vectors_alone(open_db, en
     vectors = {i: db.get_vector(db.vector_key(i)) for i in ids}
     files = {p: open(p, "rb").read() for p in (db.index_path, db.metadata_path)}
     encoded = encoder.texts_encoded
+    logged = db.conn.execute("SELECT COUNT(*) FROM workflow_embeddings_changes").fetchone()
     seen = _statements(db)
     assert db.update_statuses([*ids[:4], 9999, ids[0]], "approved") == 4
     db.conn.set_trace_callback(None)
     assert sum(s.startswith("BEGIN") for s in seen) == 1
     assert sum(s.startswith("UPDATE workflows") for s in seen) == 4  # once per existing row
-    assert not any("workflow_embeddings" in s for s in seen)  # the vectors are not touched
+    # the vectors are not touched, and the status (not embedded) is not logged as a change
+    assert not any("workflow_embeddings" in s.replace("workflow_embeddings_changes", "") for s in seen)
+    assert db.conn.execute("SELECT COUNT(*) FROM workflow_embeddings_changes").fetchone() == logged
     assert encoder.texts_encoded == encoded
     assert [db.get(i).status for i in ids] == ["approved"] * 4 + ["pending"] * 2
     assert {i: db.get_vector(db.vector_key(i)) for i in ids} == vectors

@@ -68,6 +68,7 @@ def run_backfill(args: argparse.Namespace) -> int:
     errors: list[tuple[str, Exception]] = []
     failures: list[str] = []
     used: set[str] = set()
+    scanned: list[str] = []  # read in full, not only what the triggers recorded
     where: dict[str, Any] = {"name": None, "result": None}
 
     def work(target: Target) -> bool:
@@ -79,11 +80,15 @@ def run_backfill(args: argparse.Namespace) -> int:
             model = models[target.name]
             with open_db(target, args, model=model, read_only=args.dry_run) as db:
                 used.add(model)
-                total = sum(db.count(kind=kind) for kind in db.embedding_kinds)  # SQL, not a scan
+                total = None if args.full else db.pending_changes()
+                if total is None:  # every record is read
+                    scanned.append(target.name)
+                    total = sum(db.count(kind=kind) for kind in db.embedding_kinds)  # SQL
                 progress = Progress(target.name, total)
                 try:
                     result = db.backfill_embeddings(
-                        batch_size=args.batch_size, dry_run=args.dry_run, progress=progress
+                        batch_size=args.batch_size, dry_run=args.dry_run, progress=progress,
+                        full=args.full,
                     )
                 finally:
                     progress.close()
@@ -102,6 +107,7 @@ def run_backfill(args: argparse.Namespace) -> int:
         warn(interrupted(where["name"], result, args.dry_run))
         return 130
     print_summary(rows, args.dry_run)
+    print(read_line([name for name, result in rows if result is not None], scanned))
     for name, exc in errors:
         print(clean(f"{name}: not backfilled: {exc}"))
     for line in failures[:20]:
@@ -112,6 +118,16 @@ def run_backfill(args: argparse.Namespace) -> int:
     print(f"model calls: {sum(getattr(e, 'calls', 0) for e in encoders)}, "
           f"texts encoded: {sum(getattr(e, 'texts_encoded', 0) for e in encoders)}")
     return code
+
+
+def read_line(done: list[str], scanned: list[str]) -> str:
+    """Which databases a backfill read in full and which only where the triggers said."""
+    quick = [name for name in done if name not in scanned]
+    full = [name for name in done if name in scanned]
+    parts = ([f"only the records changed since the last backfill (recorded by triggers): "
+              f"{', '.join(quick)}"] if quick else []) + (
+             [f"every record (hash scan): {', '.join(full)}"] if full else [])
+    return "read: " + "; ".join(parts) if parts else "read: nothing"
 
 
 def interrupted(name: str | None, result: BackfillResult | None, dry_run: bool) -> str:

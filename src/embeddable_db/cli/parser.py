@@ -99,6 +99,9 @@ def build_parser(prog: str = "embeddable-db") -> Parser:
                           help="records encoded and committed at once (default: 100)")
     backfill.add_argument("--dry-run", action="store_true",
                           help="report what would be done; encode and write nothing")
+    backfill.add_argument("--full", action="store_true",
+                          help="read every record and compare hashes, not only the records "
+                          "the triggers recorded as changed")
     backfill.add_argument("--no-wait", action="store_true",
                           help="skip a database another backfill is working on instead of waiting")
     backfill.add_argument("--allow-model-change", action="store_true",

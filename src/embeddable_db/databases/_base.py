@@ -9,6 +9,9 @@ Record ids in the embeddings table are ``"<kind>:<row id>"`` (``"bot:12"``,
 ``"telemetry:12"``) in every database, so the tables of one store can never collide and a
 search hit always says which table it came from.
 
+Triggers record which records change, whoever writes (``changes.py``), so a backfill reads
+only those; ``backfill_embeddings(full=True)`` reads every record and compares hashes.
+
 Every write is one SQLite transaction (``embedding_transaction()``) that holds the row change and
 the vector change, committed together or not at all. Vectors are encoded before it begins; if
 encoding fails, nothing is written, so a failed ``add`` changes nothing.
@@ -36,7 +39,9 @@ from ..errors import EmbeddingError, InvalidInputError
 from ..handle import sqlite_error
 from ..mixin import EmbeddableDBMixin
 from ..options import StoreOptions, database_paths, option_keywords
+from ..tables.tracking import ChangeTracking
 from . import searching
+from .changes import library_version, open_change_log, records_of
 from .opening import check_schema, connect, create_schema, serialised
 from .records import TableSpec, UnreadableRow, positive_int, row_id, utc_now
 from .searching import SearchHit
@@ -46,7 +51,7 @@ log = logging.getLogger(__name__)
 PAGE = 500  # rows read per query by iter_records
 
 
-class RecordDB(EmbeddableDBMixin):
+class RecordDB(ChangeTracking, EmbeddableDBMixin):
     """A SQLite database of records whose vectors are kept in step on every write."""
 
     #: Folder and file stem under the data directory: ``<data_dir>/<name>/<name>.db``.
@@ -78,6 +83,7 @@ class RecordDB(EmbeddableDBMixin):
     ) -> None:
         """``read_only=True`` opens the SQLite file with ``mode=ro`` and writes nothing at all
         (no folder, table, index, metadata or lock file); every write raises ``ReadOnlyError``.
+        A writable open installs the triggers that record changes (``changes.py``).
         The other keywords are ``StoreOptions``' fields, all checked before anything is opened."""
         options = StoreOptions.from_keywords(keywords, "RecordDB.__init__")
         self.path, index_path, metadata_path = self.resolve_paths(
@@ -94,6 +100,7 @@ class RecordDB(EmbeddableDBMixin):
             super().__init__(
                 **options.keywords(index_path=index_path, metadata_path=metadata_path)
             )
+            self._log = open_change_log(self, RecordDB)
         except sqlite3.OperationalError as exc:  # e.g. a read-only file opened to write
             self.conn.close()
             raise sqlite_error(self.path, exc) from exc
@@ -204,7 +211,10 @@ class RecordDB(EmbeddableDBMixin):
                 )
             try:
                 with self.embedding_transaction():
+                    since = None if self._log is None else self._log.last_seq()
                     yield self.conn
+                    if since is not None:  # the vectors were written here: nothing to backfill
+                        self._log.forget_since(since, self._change_basis())
             except sqlite3.IntegrityError as exc:
                 raise InvalidInputError(f"{type(self).__name__}: {exc}") from exc
 
@@ -396,6 +406,13 @@ class RecordDB(EmbeddableDBMixin):
                 if len(page) < PAGE:
                     break
                 last = page[-1].id
+
+    def _records_of(self, keys: list[str]) -> Iterator[tuple[str, Any, str]]:
+        return records_of(self, keys, PAGE)
+
+    def _change_basis(self) -> dict[str, Any]:
+        return {"model": self.model_id, "embedding_version": self.embedding_version,
+                "library": library_version()}
 
     # -- closing -----------------------------------------------------------------------------------
     @serialised

@@ -1,5 +1,10 @@
 """Changes recorded by SQLite: triggers on the user's table append keys to a change table.
 
+``Triggers`` is the SQL for one table, ``ChangeLog`` one change table and every trigger that
+appends to it: a ``TableStore``'s one table, or all the tables of one of the six databases
+(``databases/changes.py``, which logs ``"<kind>:<id>"`` keys). What follows is said of a
+``TableStore``; it holds for both.
+
 Why triggers: every other way to find what changed in a table reads all of it (a hash of each
 row: llm's ``embed-multi``, round one's backfill, 8 s for a no-op at 1M rows). A trigger runs
 inside the writer's own statement, whichever program writes, so the keys of changed rows are
@@ -38,7 +43,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .schema import Key, TableInfo, quote
@@ -48,50 +53,74 @@ TOKEN_KEY = "table_changes_token"
 BASIS_KEY = "table_changes_basis"
 
 
-class ChangeLog:
-    """The triggers and change table of one ``TableStore`` (see the module docstring)."""
+class Triggers:
+    """The triggers on one table that log the keys of its changed rows (module docstring).
+
+    ``logged(row)`` is the SQL of the key a row logs, given how the trigger names the row
+    (``"NEW."``, ``"OLD."``, or ``""`` inside a SELECT from the table): the key column itself
+    for a ``TableStore``, ``'bot:' || NEW."id"`` for the six databases. ``unique`` defaults to
+    the table's unique indexes other than the key.
+    """
 
     def __init__(
-        self, conn: sqlite3.Connection, info: TableInfo, key: Key, watched: Iterable[str],
-        store_table: str,
+        self, info: TableInfo, key: Key, watched: Iterable[str], prefix: str, *,
+        logged: Callable[[str], str] | None = None,
+        unique: Iterable[tuple[str, ...]] | None = None,
     ) -> None:
-        self.conn = conn
         self.info = info
         self.key = key
-        self.table = f"{store_table}_changes"
-        self.meta_table = f"{store_table}_meta"
-        self.triggers = {event: f"{store_table}_{event}" for event in EVENTS}
+        self.names = {event: f"{prefix}_{event}" for event in EVENTS}
         keyed = {key.column} if key.column is not None else set()
         self.watched = [c for c in info.columns if c in set(watched) | keyed]
-        self.unique = [cols for cols in info.unique if cols != (key.column,)]
+        self.unique = [cols for cols in (info.unique if unique is None else unique)
+                       if cols != (key.column,)]
+        self.logged = logged if logged is not None else (lambda row: f"{row}{key.expr}")
 
-    # -- the SQL --------------------------------------------------------------------------------
-    def expected(self, token: str) -> dict[str, str]:
-        """trigger name -> the exact SQL ``sqlite_master`` holds for it once installed."""
-        table, log, k = quote(self.info.name), quote(self.table), self.key.expr
-        mark = f"/* embeddable_db change log {token} */"
-        new_key = f"INSERT INTO {log}(key) VALUES (NEW.{k});"
+    def sql(self, log: str, mark: str) -> dict[str, str]:
+        """trigger name -> its SQL, appending to the change table ``log`` (quoted)."""
+        table, k, logged = quote(self.info.name), self.key.expr, self.logged
+        new_key = f"INSERT INTO {log}(key) VALUES ({logged('NEW.')});"
         out = {
             "after_insert": f"AFTER INSERT ON {table} BEGIN {mark} {new_key} END",
             "after_delete": f"AFTER DELETE ON {table} BEGIN {mark} "
-                            f"INSERT INTO {log}(key) VALUES (OLD.{k}); END",
+                            f"INSERT INTO {log}(key) VALUES ({logged('OLD.')}); END",
         }
         of = "" if self.key.column is None else " OF " + ", ".join(map(quote, self.watched))
         out["after_update"] = (
             f"AFTER UPDATE{of} ON {table} BEGIN {mark} {new_key} "
-            f"INSERT INTO {log}(key) SELECT OLD.{k} WHERE OLD.{k} IS NOT NEW.{k}; END"
+            f"INSERT INTO {log}(key) SELECT {logged('OLD.')} WHERE OLD.{k} IS NOT NEW.{k}; END"
         )
         if self.unique:
             same = " OR ".join(
                 "(" + " AND ".join(f"{quote(c)} = NEW.{quote(c)}" for c in cols) + ")"
                 for cols in self.unique
             )
-            body = f"BEGIN {mark} INSERT INTO {log}(key) SELECT {k} FROM {table} WHERE {same}; END"
+            body = (f"BEGIN {mark} INSERT INTO {log}(key) SELECT {logged('')} FROM {table} "
+                    f"WHERE {same}; END")
             columns = ", ".join(quote(c) for c in dict.fromkeys(c for u in self.unique for c in u))
             out["before_insert"] = f"BEFORE INSERT ON {table} {body}"
             out["before_update"] = f"BEFORE UPDATE OF {columns} ON {table} {body}"
-        return {self.triggers[event]: f"CREATE TRIGGER {quote(self.triggers[event])} {sql}"
+        return {self.names[event]: f"CREATE TRIGGER {quote(self.names[event])} {sql}"
                 for event, sql in out.items()}
+
+
+class ChangeLog:
+    """One change table and the triggers of the tables that append to it, trusted as the
+    module docstring says. A ``TableStore`` has one table's triggers, a six-database file one
+    set per table it embeds (``databases/changes.py``)."""
+
+    def __init__(self, conn: sqlite3.Connection, store_table: str, triggers: Sequence[Triggers]) -> None:
+        self.conn = conn
+        self.table = f"{store_table}_changes"
+        self.meta_table = f"{store_table}_meta"
+        self.triggers = list(triggers)
+        self.names = [name for t in self.triggers for name in t.names.values()]
+
+    # -- the SQL --------------------------------------------------------------------------------
+    def expected(self, token: str) -> dict[str, str]:
+        """trigger name -> the exact SQL ``sqlite_master`` holds for it once installed."""
+        log, mark = quote(self.table), f"/* embeddable_db change log {token} */"
+        return {name: sql for t in self.triggers for name, sql in t.sql(log, mark).items()}
 
     # -- state ----------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -108,7 +137,7 @@ class ChangeLog:
         )
 
     def installed(self) -> dict[str, str]:
-        names = list(self.triggers.values())
+        names = self.names
         return dict(self.conn.execute(
             f"SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' "
             f"AND name IN ({','.join('?' * len(names))})", names,
@@ -125,7 +154,11 @@ class ChangeLog:
 
     def trusted(self, basis: dict[str, Any]) -> bool:
         """Whether the log holds every change since the last full scan (module docstring)."""
-        return self.in_place() and self.meta(BASIS_KEY) == self._basis(basis)
+        return self.in_place() and self.vouches(basis)
+
+    def vouches(self, basis: dict[str, Any]) -> bool:
+        """Whether the last full scan was made under ``basis`` (and this token)."""
+        return self.meta(BASIS_KEY) == self._basis(basis)
 
     def _basis(self, basis: dict[str, Any]) -> str:
         return json.dumps({**basis, "token": self.meta(TOKEN_KEY)}, sort_keys=True)
@@ -144,7 +177,7 @@ class ChangeLog:
         self.set_meta(TOKEN_KEY, token)
 
     def _drop_triggers(self) -> None:
-        for name in self.triggers.values():
+        for name in self.names:
             self.conn.execute(f"DROP TRIGGER IF EXISTS main.{quote(name)}")
 
     def drop(self) -> None:
@@ -154,13 +187,25 @@ class ChangeLog:
 
     def pending(self) -> tuple[int, list[Any]]:
         """(the last change's seq, the distinct keys changed up to it)."""
-        (last,) = self.conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {quote(self.table)}").fetchone()
+        last = self.last_seq()
         if not last:
             return 0, []
         keys = [row[0] for row in self.conn.execute(
             f"SELECT DISTINCT key FROM {quote(self.table)} WHERE seq <= ?", (last,)
         )]
         return last, keys
+
+    def last_seq(self) -> int:
+        (last,) = self.conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {quote(self.table)}").fetchone()
+        return last
+
+    def forget_since(self, seq: int, basis: dict[str, Any]) -> None:
+        """Forget the changes logged after ``seq``: the caller's own writes, in the
+        transaction that also wrote their vectors (the six databases' ``add``/``update``).
+        Only under the basis of the last full scan: vectors written with another model or
+        ``embedding_version`` are for the next backfill to judge."""
+        if self.last_seq() > seq and self.vouches(basis):
+            self.conn.execute(f"DELETE FROM {quote(self.table)} WHERE seq > ?", (seq,))
 
     def acknowledge(self, through: int, failed: Iterable[str], basis: dict[str, Any] | None) -> None:
         """Forget the changes a finished backfill handled (up to ``through``), keeping those

@@ -20,7 +20,6 @@ with other settings re-embeds what they change at its next backfill.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sqlite3
@@ -33,10 +32,10 @@ from ..filters import compile_where
 from ..handle import sqlite_error
 from ..mixin import EmbeddableDBMixin
 from ..options import StoreOptions
-from ..reports import BackfillPlan, BackfillResult
-from .changes import ChangeLog
+from .changes import ChangeLog, Triggers
 from .opening import bound, connect, refuse_our_own, store_table_name
 from .schema import Key, TableInfo, TextSpec, check_where, choose_key, describe, quote, text_spec
+from .tracking import ChangeTracking
 
 SETTINGS_KEY = "table_store"
 KIND = "row"
@@ -45,7 +44,7 @@ PAGE = 1_000  # rows read per query
 _CHUNK = 400  # keys per IN (...) list (each may be bound twice)
 
 
-class TableStore(EmbeddableDBMixin):
+class TableStore(ChangeTracking, EmbeddableDBMixin):
     """A store over an existing table: its rows are the records (see the module docstring)."""
 
     def __init__(
@@ -95,13 +94,11 @@ class TableStore(EmbeddableDBMixin):
         self._key: Key = choose_key(info, key)
         self._text: TextSpec = text_spec(info, columns, template)
         self._where, where_columns = check_where(conn, info, where)
-        self._full_scan = False
         super().__init__(**options)
         self._log: ChangeLog | None = None
         if track_changes and store is None and not self.embedding_options.read_only:
-            self._log = ChangeLog(
-                conn, info, self._key, (*self._text.columns, *where_columns), self.embedding_table
-            )
+            watched = (*self._text.columns, *where_columns)
+            self._log = self._change_log(watched)
         if not self.embedding_options.read_only:
             with self.embedding_transaction():
                 if recorded is None or {**recorded, "track_changes": None} != {
@@ -110,6 +107,10 @@ class TableStore(EmbeddableDBMixin):
                     self._write_meta(SETTINGS_KEY, json.dumps(self.table_settings))
                 if self._log is not None and not self._log.in_place():
                     self._log.install()
+
+    def _change_log(self, watched: tuple[str, ...]) -> ChangeLog:
+        triggers = Triggers(self.table_info, self._key, watched, self.embedding_table)
+        return ChangeLog(self.conn, self.embedding_table, [triggers])
 
     # -- settings --------------------------------------------------------------------------------
     @property
@@ -190,85 +191,11 @@ class TableStore(EmbeddableDBMixin):
                 if self._text.text(row).strip():
                     yield raw, row, KIND
 
-    # -- backfill: only what the triggers recorded, unless the log cannot be trusted --------------
-    def backfill_embeddings(
-        self,
-        batch_size: int = 100,
-        *,
-        dry_run: bool = False,
-        progress: Callable[[BackfillResult], None] | None = None,
-        full: bool = False,
-    ) -> BackfillResult:
-        """The mixin's backfill over the rows the triggers recorded as changed since the last
-        one; every row (a hash scan) when ``full``, without triggers, or when the change log
-        cannot be trusted (``changes.py`` says when)."""
-        self._ensure_open(write=None if dry_run else "backfill_embeddings()")
-        if not dry_run and self._log is not None and not self.conn.in_transaction:
-            with self.embedding_transaction():
-                if not self._log.in_place():  # dropped or altered since the store opened
-                    self._log.install()
-        self._full_scan = bool(full)
-        try:
-            return super().backfill_embeddings(batch_size, dry_run=dry_run, progress=progress)
-        finally:
-            self._full_scan = False
-
-    def backfill_plan(self, *, full: bool = False) -> BackfillPlan:
-        """What ``backfill_embeddings(full=full)`` would do now, without the model."""
-        self._full_scan = bool(full)
-        try:
-            return super().backfill_plan()
-        finally:
-            self._full_scan = False
-
-    def changes_trusted(self) -> bool:
-        """Whether the next backfill may read only the rows the triggers recorded."""
-        self._ensure_open()
-        with self.embedding_lock:
-            return self._log is not None and self._log.trusted(self._basis())
-
-    def pending_changes(self) -> int | None:
-        """How many rows the triggers recorded as changed since the last backfill (None when
-        the next backfill must read every row)."""
-        if not self.changes_trusted():
-            return None
-        with self.embedding_lock:
-            assert self._log is not None
-            return len(set(self._log.pending()[1]))
-
-    def _basis(self) -> dict[str, Any]:
+    # -- backfill: only what the triggers recorded (tracking.py) ---------------------------------
+    def _change_basis(self) -> dict[str, Any]:
         settings = {k: v for k, v in self.table_settings.items() if k != "track_changes"}
         return {"model": self.model_id, "embedding_version": self.embedding_version,
                 "settings": settings}
-
-    def _backfill_source(self):
-        source = super()._backfill_source()
-        log = self._log
-        if log is None:
-            return source
-        with self.embedding_lock:
-            basis = self._basis()
-            through, raw = log.pending()
-            if self._full_scan or not log.trusted(basis):
-                return dataclasses.replace(
-                    source, completed=lambda result: self._completed(through, result, basis)
-                )
-        keys: list[str] = []
-        for value in dict.fromkeys(raw):
-            try:
-                keys.append(check.record_key(value))
-            except InvalidInputError:  # a NULL or a float key names no record
-                continue
-        keys = list(dict.fromkeys(keys))
-        return dataclasses.replace(
-            source, records=lambda: self._records_of(keys), only=keys,
-            completed=lambda result: self._completed(through, result, None),
-        )
-
-    def _completed(self, through: int, result: BackfillResult, basis: dict | None) -> None:
-        assert self._log is not None
-        with self.embedding_transaction():
-            self._log.acknowledge(through, [key for key, _ in result.failures], basis)
 
     # -- search ------------------------------------------------------------------------------------
     def rows(self, keys: list[Any]) -> dict[str, dict[str, Any]]:
@@ -392,7 +319,7 @@ class TableStore(EmbeddableDBMixin):
                 if self._log is not None:
                     self._log.drop()
                 else:  # triggers installed by an earlier open with track_changes
-                    ChangeLog(self.conn, self.table_info, self._key, (), self.embedding_table).drop()
+                    self._change_log(()).drop()
                 for suffix in ("_fts", "_text", "", "_meta"):
                     self.conn.execute(f"DROP TABLE IF EXISTS main.{quote(self.embedding_table + suffix)}")
             for path in (self.index_path, self.metadata_path,

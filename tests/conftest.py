@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from embeddable_db import EmbeddableDBMixin, HashingEncoder
-from postgres.fixtures import pg_conninfo, pg_database, pg_schema, postgres_server  # noqa: F401
+from postgres.fixtures import (  # noqa: F401
+    pg_conninfo,
+    pg_database,
+    pg_schema,
+    pg_url,
+    postgres_server,
+)
 
 # A test run started as a background job (`pytest &` in a shell without job control) inherits
 # SIGINT ignored, and the library deliberately leaves an ignored Ctrl-C ignored: the tests of

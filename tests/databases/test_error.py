@@ -81,6 +81,7 @@ def test_known_errors_and_find_solution(open_db):
     assert db.count(kind="known_error") == 2
 
 
+@pytest.mark.sqlite_only  # reads the index's manifest; tests/databases/test_postgres.py reads the table
 def test_telemetry_source_and_crud_by_kind(open_db):
     db = open_db(ErrorDB)
     event = TelemetryEvent(bot_id="bot-3", error_type="ValueError", module="parser",

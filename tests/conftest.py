@@ -23,6 +23,9 @@ from postgres.fixtures import (  # noqa: F401
 # what Ctrl-C does would then see nothing. Give this process, and through exec every child it
 # starts, the interactive default.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+# A URL in the shell that runs the tests would send every database a test opens without a
+# file to that server: the tests (and the processes they start) choose their engine themselves.
+os.environ.pop("EMBEDDABLE_DB_URL", None)
 
 
 class CountingEncoder(HashingEncoder):

@@ -10,13 +10,22 @@ import numpy as np
 import pytest
 
 from embeddable_db import EmbeddableDBMixin, HashingEncoder
-from postgres.fixtures import pg_conninfo, pg_database, pg_schema, postgres_server  # noqa: F401
+from postgres.fixtures import (  # noqa: F401
+    pg_conninfo,
+    pg_database,
+    pg_schema,
+    pg_url,
+    postgres_server,
+)
 
 # A test run started as a background job (`pytest &` in a shell without job control) inherits
 # SIGINT ignored, and the library deliberately leaves an ignored Ctrl-C ignored: the tests of
 # what Ctrl-C does would then see nothing. Give this process, and through exec every child it
 # starts, the interactive default.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+# A URL in the shell that runs the tests would send every database a test opens without a
+# file to that server: the tests (and the processes they start) choose their engine themselves.
+os.environ.pop("EMBEDDABLE_DB_URL", None)
 
 
 class CountingEncoder(HashingEncoder):

@@ -104,7 +104,7 @@ NAMES = {
     ),
     "BotDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
-        "embedding_version=1, encoder=None, data_dir=None, index_type=None, index_options=None, "
+        "embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, index_options=None, "
         "allow_model_change=False, model_backend='torch', read_only=False)"
     ),
     "BotRecord": (
@@ -134,12 +134,12 @@ NAMES = {
     ),
     "EnhancementDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
-        "embedding_version=1, encoder=None, data_dir=None, index_type=None, index_options=None, "
+        "embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, index_options=None, "
         "allow_model_change=False, model_backend='torch', read_only=False)"
     ),
     "ErrorDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
-        "embedding_version=1, encoder=None, data_dir=None, index_type=None, index_options=None, "
+        "embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, index_options=None, "
         "allow_model_change=False, model_backend='torch', read_only=False)"
     ),
     "ErrorRecord": (
@@ -150,12 +150,12 @@ NAMES = {
     "HybridHit": "class(record_id, score, distance, vector_rank, keyword_rank)",
     "InfoDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
-        "embedding_version=1, encoder=None, data_dir=None, index_type=None, index_options=None, "
+        "embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, index_options=None, "
         "allow_model_change=False, model_backend='torch', read_only=False)"
     ),
     "InformationDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
-        "embedding_version=1, encoder=None, data_dir=None, index_type=None, index_options=None, "
+        "embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, index_options=None, "
         "allow_model_change=False, model_backend='torch', read_only=False)"
     ),
     "InformationRecord": (
@@ -199,7 +199,7 @@ NAMES = {
     ),
     "WorkflowDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
-        "embedding_version=1, encoder=None, data_dir=None, index_type=None, index_options=None, "
+        "embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, index_options=None, "
         "allow_model_change=False, model_backend='torch', read_only=False)"
     ),
     "WorkflowRecord": (
@@ -317,7 +317,7 @@ MIXIN = {
 RECORD_DB = {
     "__init__": (
         "method(self, path=None, *, backend='annoy', index_path=None, metadata_path=None, "
-        "model_name=None, embedding_version=1, encoder=None, data_dir=None, index_type=None, "
+        "model_name=None, embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, "
         "index_options=None, allow_model_change=False, model_backend='torch', read_only=False)"
     ),
     "add": "method(self, record)",
@@ -415,7 +415,7 @@ MIXIN_INSTANCE = [
     "model_name",
 ]
 
-RECORD_DB_INSTANCE = sorted([*MIXIN_INSTANCE, "path"])
+RECORD_DB_INSTANCE = sorted([*MIXIN_INSTANCE, "path", "schema", "url"])  # url, schema: PostgreSQL
 
 
 # -- the tests ------------------------------------------------------------------------------------

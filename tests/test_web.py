@@ -183,6 +183,7 @@ def test_tables_of_a_users_file_are_served_beside_the_databases(data, notes):
             assert bad.status_code == 400 and "title" in bad.json()["error"]
             rows = {r["name"]: r for r in stores.summary()}
             assert rows["app.notes"]["records"] == 31 and rows["app.notes"]["vectors"] == 31
+            assert rows["bot"]["records"] == rows["bot"]["vectors"] == 23
             assert rows["app.tags"]["verify"] == "ok"
             points = c.get("/api/map").json()["points"]
             assert sum(p["store"] == "app.tags" for p in points) == 2

@@ -40,14 +40,14 @@ def _value(value: Any, field: str) -> Any:
     return value
 
 
-def _condition(column: str, field: str, spec: Any) -> tuple[str, list[Any]]:
+def _condition(column: str, field: str, spec: Any, like: str) -> tuple[str, list[Any]]:
     op, value = ("=", spec) if not isinstance(spec, tuple) else _pair(spec, field)
     if op == "in":
         if isinstance(value, str | bytes) or not isinstance(value, Iterable):
             raise InvalidInputError(f"where[{field!r}]: 'in' takes a list of values")
         values = [_value(v, field) for v in value]
         if not values:
-            return "0", []  # in an empty list: nothing matches
+            return "FALSE", []  # in an empty list: nothing matches
         if len(values) > MAX_IN_VALUES:
             raise InvalidInputError(
                 f"where[{field!r}]: 'in' takes at most {MAX_IN_VALUES:,} values"
@@ -58,8 +58,10 @@ def _condition(column: str, field: str, spec: Any) -> tuple[str, list[Any]]:
         if op not in ("=", "!="):
             raise InvalidInputError(f"where[{field!r}]: None compares only with = or !=")
         return f"{column} IS {'NOT ' if op == '!=' else ''}NULL", []
-    if op == "like" and not isinstance(value, str):
-        raise InvalidInputError(f"where[{field!r}]: 'like' takes a str pattern")
+    if op == "like":
+        if not isinstance(value, str):
+            raise InvalidInputError(f"where[{field!r}]: 'like' takes a str pattern")
+        return like.format(column=column), [value]
     return f"{column} {OPERATORS[op]} ?", [value]
 
 
@@ -73,14 +75,16 @@ def _pair(spec: tuple, field: str) -> tuple[str, Any]:
 
 
 def compile_where(
-    where: Mapping[str, Any] | None, columns: Mapping[str, str], what: str
+    where: Mapping[str, Any] | None, columns: Mapping[str, str], what: str, *,
+    like: str = "{column} LIKE ?",
 ) -> tuple[str, list[Any]]:
-    """``(sql condition, parameters)`` for ``where``; ``("1", [])`` when there is none.
+    """``(sql condition, parameters)`` for ``where``; ``("TRUE", [])`` when there is none.
 
     ``columns``: the valid field names -> their quoted column expression; ``what`` names the
-    records in errors (e.g. ``"Bot"``)."""
+    records in errors (e.g. ``"Bot"``); ``like``: the ``like`` condition, ``{column}`` and one
+    ``?`` (PostgreSQL's ``ILIKE`` keeps SQLite's rules: ``databases/dialect.py``)."""
     if where is None:
-        return "1", []
+        return "TRUE", []
     if not isinstance(where, Mapping):
         raise InvalidInputError(
             f"where must be a dict of field -> value or field -> (operator, value), "
@@ -93,10 +97,10 @@ def compile_where(
             raise UnknownFieldError(
                 f"{what} has no field {field!r}; filter on one of: {', '.join(sorted(columns))}"
             )
-        sql, values = _condition(column, field, spec)
+        sql, values = _condition(column, field, spec, like)
         parts.append(sql)
         params += values
-    return (" AND ".join(parts) or "1"), params
+    return (" AND ".join(parts) or "TRUE"), params
 
 
 def parse_where_option(text: str) -> tuple[str, tuple[str, str]]:

@@ -133,11 +133,50 @@ def best_match(db, records: list, query: str):
     return hits[0].record
 
 
+def on_postgres(db) -> bool:
+    return db.url is not None
+
+
+def connect_beside(db, *, mapping: bool = False):
+    """A connection of its own to ``db``'s database, as a user's plain SQL would use: the
+    SQLite file, or the PostgreSQL database with the database's schema as its search path.
+    ``mapping``: rows keyed by column name."""
+    if not on_postgres(db):
+        conn = sqlite3.connect(db.path)
+        if mapping:
+            conn.row_factory = sqlite3.Row
+        return conn
+    import psycopg
+    from psycopg.rows import dict_row
+
+    conn = psycopg.connect(db.conn.info.dsn, autocommit=True, row_factory=dict_row if mapping else None)
+    conn.execute(f"SET search_path TO {db.schema}")
+    return conn
+
+
+def _statement(db, statement: str, args) -> tuple:
+    """``(statement, args)`` for the engine: psycopg's ``%s``, and no parameters at all for
+    a statement without any (psycopg then reads no placeholders in it)."""
+    if on_postgres(db):
+        return statement.replace("?", "%s"), (tuple(args) or None)
+    return statement, tuple(args)
+
+
+def rows(db, statement: str, args=(), *, mapping: bool = False) -> list:
+    """The rows plain SQL reads from ``db``'s tables (``?`` placeholders on both engines)."""
+    conn = connect_beside(db, mapping=mapping)
+    try:
+        return [row if mapping else tuple(row)
+                for row in conn.execute(*_statement(db, statement, args)).fetchall()]
+    finally:
+        conn.close()
+
+
 def sql(db, statement: str, args=()) -> None:
     """Change the database behind its back, through a separate connection."""
-    conn = sqlite3.connect(db.path)
+    conn = connect_beside(db)
     try:
-        conn.execute(statement, args)
+        conn.execute(*_statement(db, statement, args))
         conn.commit()
     finally:
         conn.close()

@@ -1,4 +1,5 @@
-"""What all six databases do alike, run once per database (the ``case`` fixture)."""
+"""What all six databases do alike, run once per database (the ``case`` fixture) and, through
+``open_db``, on both engines (``conftest.py``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from embeddable_db import (
     StoreConflictError,
 )
 
-from .cases import NEW_WORDS, fill, sql
+from .cases import NEW_WORDS, fill, on_postgres, rows, sql
 
 
 def _other_value(value, annotation):
@@ -45,6 +46,7 @@ def test_registry_names_the_six():
     assert list(REGISTRY) == ["bot", "workflow", "enhancement", "error", "info", "information"]
 
 
+@pytest.mark.sqlite_only
 def test_default_paths_under_data_dir(case, open_db, tmp_path):
     db = open_db(case.cls)
     name = case.cls.name
@@ -65,6 +67,7 @@ def test_data_dir_from_environment_then_cwd(case, encoder, tmp_path, monkeypatch
         assert db.path == str(tmp_path / "data" / case.cls.name / f"{case.cls.name}.db")
 
 
+@pytest.mark.sqlite_only
 def test_explicit_path_puts_index_beside_it(case, open_db, tmp_path):
     paths = case.cls.resolve_paths(tmp_path / "deep" / "er" / "mine.sqlite")
     assert not (tmp_path / "deep").exists()  # resolving creates nothing
@@ -99,10 +102,7 @@ def test_records_round_trip_through_plain_tables(case, open_db):
     """Columns are named after the fields (``type_`` -> ``type``); lists are JSON."""
     db = open_db(case.cls)
     record = fill(db, case)[0]
-    conn = sqlite3.connect(db.path)
-    conn.row_factory = sqlite3.Row
-    row = conn.execute(f"SELECT * FROM {case.table} WHERE id = ?", (record.id,)).fetchone()
-    conn.close()
+    (row,) = rows(db, f"SELECT * FROM {case.table} WHERE id = ?", (record.id,), mapping=True)
     for field in dataclasses.fields(record):
         if field.name == "id" or field.name.endswith("_ids"):
             continue
@@ -252,7 +252,7 @@ def test_search_skips_rows_deleted_behind_its_back(case, open_db):
     assert [h.record_id for h in hits] == ranked[2:5]
 
 
-def test_backfill_catches_plain_sql_changes(case, open_db):
+def test_backfill_catches_plain_sql_changes(case, open_db, engine):
     db = open_db(case.cls)
     records = fill(db, case)
     sql(db, f"UPDATE {case.table} SET {case.sql_column} = ? WHERE id = ?", (NEW_WORDS, records[0].id))
@@ -265,7 +265,10 @@ def test_backfill_catches_plain_sql_changes(case, open_db):
     inserted = db.search("glacier ice core drilling", top_k=1)[0]
     assert inserted.record_id == records[-1].id + 1 and inserted.record == db.get(inserted.record_id)
     assert db.embedding_count() == db.count()
-    assert db.backfill_embeddings().processed == 0  # the triggers logged nothing since
+    again = db.backfill_embeddings()
+    assert (again.embedded, again.reembedded, again.removed) == (0, 0, 0)
+    # SQLite's triggers logged nothing since, so nothing is read; PostgreSQL reads every row
+    assert again.processed == (0 if engine == "sqlite" else db.count())
     assert db.backfill_plan(full=True).unchanged == db.count()
 
 
@@ -284,19 +287,23 @@ def test_reopen_from_disk(case, open_db, encoder):
     assert again.verify_index().ok
 
 
-def test_close_and_context_manager(case, encoder, tmp_path):
-    with case.cls(data_dir=tmp_path, encoder=encoder) as db:
+def test_close_and_context_manager(case, encoder, location):
+    with case.cls(encoder=encoder, **location) as db:
         fill(db, case)
-    with pytest.raises(sqlite3.ProgrammingError):
-        db.conn.execute("SELECT 1")
+    if on_postgres(db):
+        assert db.conn.closed
+    else:
+        with pytest.raises(sqlite3.ProgrammingError):
+            db.conn.execute("SELECT 1")
     for call in (lambda: db.search(case.queries[0]), db.count, db.fetch, lambda: db.get(1)):
         with pytest.raises(EmbeddingError, match="closed"):
             call()
     db.close()  # twice is fine
-    with case.cls(data_dir=tmp_path, encoder=encoder) as again:
+    with case.cls(encoder=encoder, **location) as again:
         assert again.count() == len(case.records())
 
 
+@pytest.mark.sqlite_only
 def test_two_stores_cannot_share_an_index(case, open_db, encoder, tmp_path):
     """Two databases in one folder would share the default index file: the second is refused."""
     first = open_db(case.cls, tmp_path / "shared" / "one.db")

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from embeddable_db import Enhancement, EnhancementDB
 
-from .cases import best_match
+from .cases import best_match, rows
 
 
 def _links(db, table):
-    conn = sqlite3.connect(db.path)
-    try:
-        return conn.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall()
-    finally:
-        conn.close()
+    """A link table's rows in the order they were written, with plain SQL (``rowid`` is
+    SQLite's own, and a column of that name on PostgreSQL)."""
+    link = next(link for link in db.tables[0].links if link.table == table)
+    return rows(db, f"SELECT {link.owner}, {link.column} FROM {table} ORDER BY rowid")
 
 
 def test_link_ids_live_in_link_tables(open_db):

@@ -66,6 +66,24 @@ def test_add_error_bumps_frequency_without_reembedding(open_db, encoder):
     assert db.count() == 1
 
 
+def test_add_error_counts_a_message_another_writer_stored_first(open_db, encoder):
+    """Between add_error's bump (no row yet) and its insert, another connection stores the
+    message: the insert breaks the unique constraint, and add_error bumps that row instead."""
+    db = open_db(ErrorDB)
+    encode = encoder.encode
+
+    def racing(texts, batch_size=None):  # runs before add_error's insert transaction
+        if texts and texts[0].startswith("TimeoutError"):
+            sql(db, "INSERT INTO errors (message) VALUES (?)", ("TimeoutError: upstream",))
+        return encode(texts, batch_size)
+
+    encoder.encode = racing
+    other = db.add_error("TimeoutError: upstream", category="network")
+    assert [(r.message, r.frequency, r.category) for r in db.fetch()] == [
+        ("TimeoutError: upstream", 2, "")]  # the other writer's row, counted twice
+    assert db.get(other).frequency == 2 and db.embedding_count() == 0
+
+
 def test_known_errors_and_find_solution(open_db):
     db = open_db(ErrorDB)
     kid = db.add_known("ModuleNotFoundError: No module named 'requests'", "pip install requests")
@@ -81,6 +99,7 @@ def test_known_errors_and_find_solution(open_db):
     assert db.count(kind="known_error") == 2
 
 
+@pytest.mark.sqlite_only  # reads the index's manifest; tests/databases/test_postgres.py reads the table
 def test_telemetry_source_and_crud_by_kind(open_db):
     db = open_db(ErrorDB)
     event = TelemetryEvent(bot_id="bot-3", error_type="ValueError", module="parser",

@@ -47,6 +47,7 @@ def test_keyword_search_sees_plain_sql_after_backfill_and_odd_terms(open_db, enc
         db.search_keywords("  -- ")
 
 
+@pytest.mark.sqlite_only
 def test_the_old_fts_table_and_triggers_are_dropped_and_the_keyword_index_kept(open_db, tmp_path):
     db = open_db(InfoDB, tmp_path / "old.db")
     db.add(ResearchItem("glaciers", content="ice cores record past climate"))

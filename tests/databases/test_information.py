@@ -32,6 +32,7 @@ def test_validated_is_a_bool_and_not_embedded(open_db):
         db.update(rid, validated=1)
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("same_sqlite_file", [False, True])
 def test_info_and_information_in_one_folder_refuse_each_other(open_db, encoder, tmp_path,
                                                               same_sqlite_file):
@@ -55,6 +56,7 @@ def test_info_and_information_in_one_folder_refuse_each_other(open_db, encoder, 
         InformationDB(other, encoder=encoder)
 
 
+@pytest.mark.sqlite_only
 def test_info_and_information_side_by_side_with_own_files(open_db, tmp_path):
     info = open_db(InfoDB)
     information = open_db(InformationDB)

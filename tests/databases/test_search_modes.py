@@ -56,6 +56,22 @@ def test_where_filters_before_the_search_and_fills_top_k(bots):
     assert [h.record_id for h in hits] == [3]
 
 
+def test_like_ignores_ascii_case_and_knows_no_escape_character_on_both_engines(bots):
+    bots.add(BotRecord("Back\\Slash_Bot", purpose="collects invoices too"))
+    def names(pattern):
+        return sorted(h.record.name for h in bots.search("invoices", 10, where={"name": ("like", pattern)}))
+    assert names("e4242%") == names("E4242 WATCHER") == ["E4242 watcher"]
+    assert names("back\\slash%") == ["Back\\Slash_Bot"]  # a backslash is just a character
+    assert names("back\\_lash%") == ["Back\\Slash_Bot"]  # nor makes _ a literal underscore
+
+
+def test_numbers_given_for_text_fields_compare_as_text(bots):
+    bots.update(3, version="2")
+    assert [h.record_id for h in bots.search("invoices", 5, where={"version": 2})] == [3]
+    hits = bots.search("invoices", 5, where={"estimated_profit": (">=", "58")})  # text, as the CLI
+    assert sorted(h.record.name for h in hits) == ["bot 58", "bot 59"]
+
+
 def test_where_sees_rows_changed_with_plain_sql(bots):
     sql(bots, "UPDATE bots SET status = 'paused' WHERE name = 'bot 4'")
     hits = bots.search("invoices", 5, where={"status": "paused"})
@@ -95,12 +111,15 @@ def test_bad_modes_and_queries(bots):
 
 
 def test_a_reranker_reorders_database_hits(bots):
-    class ByNumber:
-        def rank(self, query, texts):
-            return [float("E4242" in t) for t in texts]
+    query = "collects invoices from the queue"
+    third = bots.search(query, 3)[2].record  # which one: the engine's keyword scores say
 
-    hits = bots.search("collects invoices from the queue", 3, reranker=ByNumber())
-    assert hits[0].record.name == "E4242 watcher" and hits[0].score == 1.0
+    class ByName:
+        def rank(self, query, texts):
+            return [float(t.startswith(f"{third.name}\n")) for t in texts]
+
+    hits = bots.search(query, 3, reranker=ByName())
+    assert hits[0].record == third and hits[0].score == 1.0
 
 
 def test_where_on_a_database_of_several_tables(open_db):

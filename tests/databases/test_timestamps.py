@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sqlite3
 import time
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -22,7 +21,7 @@ import pytest
 import embeddable_db as edb
 from embeddable_db import InvalidInputError
 
-from .cases import CASES
+from .cases import CASES, rows
 
 STORED = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
 
@@ -132,13 +131,8 @@ REFUSED = [
 
 
 def _column(db, table: str, field: str, record_id: int):
-    conn = sqlite3.connect(db.path)
-    try:
-        return conn.execute(
-            f'SELECT "{field.rstrip("_")}" FROM {table} WHERE id = ?', (record_id,)
-        ).fetchone()[0]
-    finally:
-        conn.close()
+    ((value,),) = rows(db, f'SELECT "{field.rstrip("_")}" FROM {table} WHERE id = ?', (record_id,))
+    return value
 
 
 @pytest.mark.parametrize(("cls", "kind", "record_type", "field"), FIELDS)
@@ -202,11 +196,9 @@ def test_stored_strings_sort_in_time_order(open_db, cls, kind, record_type, fiel
     assert all(STORED.fullmatch(value) for value in stored), stored
     by_time = [stored[i] for i in sorted(range(len(times)), key=times.__getitem__)]
     assert sorted(stored) == by_time
-    conn = sqlite3.connect(db.path)
     column = field.rstrip("_")
     table = db._spec(kind).table
-    in_sql = [v for (v,) in conn.execute(f'SELECT "{column}" FROM {table} ORDER BY "{column}"')]
-    conn.close()
+    in_sql = [v for (v,) in rows(db, f'SELECT "{column}" FROM {table} ORDER BY "{column}"')]
     assert in_sql == by_time
 
 

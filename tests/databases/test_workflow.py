@@ -15,6 +15,7 @@ def _statements(db):
     return seen
 
 
+@pytest.mark.sqlite_only  # SQLite's statement trace and index files
 def test_update_statuses_is_one_transaction_and_leaves_vectors_alone(open_db, encoder):
     db = open_db(WorkflowDB)
     ids = [db.add(WorkflowRecord([f"step {i}", "ship"], title=f"flow {i}")) for i in range(6)]

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -160,6 +161,11 @@ class LocalPostgres:
         return make_conninfo(
             host=str(self.socket_dir), port=self.port, user="postgres", dbname=dbname, **options
         )
+
+    def url(self, dbname: str) -> str:
+        """A ``postgresql://`` URL of ``dbname`` (the socket folder as its ``host``)."""
+        host = urllib.parse.quote(str(self.socket_dir), safe="")
+        return f"postgresql://postgres@/{dbname}?host={host}&port={self.port}"
 
     def create_database(self, name: str | None = None) -> str:
         """A new database with the vector extension installed; returns its name."""

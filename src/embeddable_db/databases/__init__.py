@@ -1,7 +1,8 @@
 """The six ready databases, their record classes, ``SearchHit`` and the name registry.
 
-Each database is a SQLite file with plain tables (columns named after the record fields) plus
-the mixin's embeddings table; see ``_base.RecordDB`` for what they have in common.
+Each database is a SQLite file (or, opened with ``url=``, a PostgreSQL schema named after it)
+with plain tables (columns named after the record fields) plus the mixin's embeddings table;
+see ``_base.RecordDB`` for what they have in common.
 """
 
 from __future__ import annotations

@@ -12,16 +12,20 @@ search hit always says which table it came from.
 Triggers record which records change, whoever writes (``changes.py``), so a backfill reads
 only those; ``backfill_embeddings(full=True)`` reads every record and compares hashes.
 
-Every write is one SQLite transaction (``embedding_transaction()``) that holds the row change and
+A database opens on SQLite (a file under the data directory) or, given ``url=`` or
+``$EMBEDDABLE_DB_URL``, on PostgreSQL (a schema named after it: ``opening.py``); the same SQL,
+written once with ``?`` placeholders, runs on both (``dialect.py`` holds what differs).
+
+Every write is one transaction (``embedding_transaction()``) that holds the row change and
 the vector change, committed together or not at all. Vectors are encoded before it begins; if
 encoding fails, nothing is written, so a failed ``add`` changes nothing.
 Text is checked before anything is written: a record whose embedded fields are all empty is
 refused with an ``InvalidInputError`` (a ``ValueError``) naming those fields.
 
-A database may be used from several threads of one process: its connection is opened with
-``check_same_thread=False`` and every use of it holds ``embedding_lock`` (methods that run SQL
-are ``@serialised``; transactions hold it throughout). Encoding holds no lock, so a thread
-waiting for the model blocks no other thread's search.
+A database may be used from several threads of one process: its connection is usable from
+any thread (SQLite: ``check_same_thread=False``) and every use of it holds ``embedding_lock``
+(methods that run SQL are ``@serialised``; transactions hold it throughout). Encoding holds
+no lock, so a thread waiting for the model blocks no other thread's search.
 """
 
 from __future__ import annotations
@@ -36,15 +40,15 @@ from typing import Any, ClassVar
 
 from .. import validation as check
 from ..errors import EmbeddingError, InvalidInputError
-from ..handle import sqlite_error
 from ..mixin import EmbeddableDBMixin
 from ..options import StoreOptions, database_paths, option_keywords
 from ..tables.tracking import ChangeTracking
-from . import searching
+from . import opening, searching
 from .changes import library_version, open_change_log, records_of
-from .opening import check_schema, connect, create_schema, serialised
-from .records import TableSpec, UnreadableRow, positive_int, row_id, utc_now
+from .opening import serialised
+from .records import TableSpec, UnreadableRow, positive_int, row_id
 from .searching import SearchHit
+from .timestamps import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,8 @@ PAGE = 500  # rows read per query by iter_records
 
 
 class RecordDB(ChangeTracking, EmbeddableDBMixin):
-    """A SQLite database of records whose vectors are kept in step on every write."""
+    """A database of records (SQLite or PostgreSQL) whose vectors are kept in step on every
+    write."""
 
     #: Folder and file stem under the data directory: ``<data_dir>/<name>/<name>.db``.
     name: ClassVar[str]
@@ -79,34 +84,28 @@ class RecordDB(ChangeTracking, EmbeddableDBMixin):
         path: str | os.PathLike | None = None,
         *,
         data_dir: str | os.PathLike | None = None,
+        url: str | None = None,
         **keywords: Any,
     ) -> None:
-        """``read_only=True`` opens the SQLite file with ``mode=ro`` and writes nothing at all
-        (no folder, table, index, metadata or lock file); every write raises ``ReadOnlyError``.
-        A writable open installs the triggers that record changes (``changes.py``).
+        """``url`` (``postgresql://...``, default ``$EMBEDDABLE_DB_URL`` when neither ``path``
+        nor ``data_dir`` is given) opens the database on PostgreSQL, in the schema named after
+        it. ``read_only=True`` writes nothing at all (SQLite: the file opened with ``mode=ro``,
+        no folder, table, index, metadata or lock file); every write raises ``ReadOnlyError``.
+        A writable SQLite open installs the triggers that record changes (``changes.py``).
         The other keywords are ``StoreOptions``' fields, all checked before anything is opened."""
         options = StoreOptions.from_keywords(keywords, "RecordDB.__init__")
-        self.path, index_path, metadata_path = self.resolve_paths(
-            path, data_dir=data_dir, index_path=options.index_path,
-            metadata_path=options.metadata_path,
-        )
-        read_only = options.read_only
-        self.conn = connect(self.path, read_only, (index_path, metadata_path))
+        index_path, metadata_path = opening.open_database(self, path, data_dir, url, options)
         try:
-            if read_only:
-                check_schema(self.conn, self.tables, self.path, type(self).__name__)
-            else:
-                create_schema(self.conn, self.tables, self._extra_schema)
             super().__init__(
                 **options.keywords(index_path=index_path, metadata_path=metadata_path)
             )
             self._log = open_change_log(self, RecordDB)
-        except sqlite3.OperationalError as exc:  # e.g. a read-only file opened to write
+        except BaseException as exc:  # e.g. a read-only file opened to write
             self.conn.close()
-            raise sqlite_error(self.path, exc) from exc
-        except BaseException:
-            self.conn.close()
-            raise
+            error = opening.open_error(self, exc)
+            if error is None:
+                raise
+            raise error from exc
 
     # -- paths -------------------------------------------------------------------------------------
     @classmethod
@@ -131,16 +130,19 @@ class RecordDB(ChangeTracking, EmbeddableDBMixin):
         )
 
     def _extra_schema(self) -> None:
-        """Hook for a database's own tables, triggers or indexes (inside the schema transaction)."""
+        """Hook for a database's own tables, triggers or indexes (inside the schema transaction;
+        ``self._sql`` runs them, ``self._dialect`` says how to write them)."""
 
     def __repr__(self) -> str:
+        if self.url is not None:
+            return f"{type(self).__name__}(url={self.url!r})"
         return f"{type(self).__name__}({self.path!r})"
 
     # -- ids and specs -----------------------------------------------------------------------------
-    def _reader(self) -> sqlite3.Connection:
-        """The connection, once it is certain the database is open (and not a fork's copy)."""
+    def _reader(self) -> Any:
+        """What runs our SQL, once it is certain the database is open (and not a fork's copy)."""
         self._ensure_open()
-        return self.conn
+        return self._sql
 
     def _spec(self, kind: str | None) -> TableSpec:
         if kind is None:
@@ -184,7 +186,8 @@ class RecordDB(ChangeTracking, EmbeddableDBMixin):
 
     def record_from_row(self, row: sqlite3.Row | Mapping[str, Any], *, kind: str | None = None) -> Any:
         """The record for a row of the ``kind`` table, keyed by column names (``type``, not
-        ``type_``), as read with plain SQL and ``sqlite3.Row``; lists may be JSON text."""
+        ``type_``), as read with plain SQL and ``sqlite3.Row`` (or psycopg's ``dict_row``);
+        lists may be JSON text."""
         return self._spec(kind).from_mapping(row)
 
     def _checked_text(self, record: Any) -> str:
@@ -199,12 +202,12 @@ class RecordDB(ChangeTracking, EmbeddableDBMixin):
 
     # -- transactions ------------------------------------------------------------------------------
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[Any]:
         """One write transaction for a row change and its vector change (``embedding_transaction``:
         they commit together, in whichever order they were written, or neither does)."""
         self._ensure_open(write="this change")
         with self.embedding_lock:  # before looking: another thread's transaction may be open
-            if self.conn.in_transaction:
+            if self._engine.in_transaction():
                 raise EmbeddingError(
                     f"{type(self).__name__}.conn has an open transaction: commit or roll it "
                     "back first"
@@ -212,10 +215,10 @@ class RecordDB(ChangeTracking, EmbeddableDBMixin):
             try:
                 with self.embedding_transaction():
                     since = None if self._log is None else self._log.last_seq()
-                    yield self.conn
+                    yield self._sql
                     if since is not None:  # the vectors were written here: nothing to backfill
                         self._log.forget_since(since, self._change_basis())
-            except sqlite3.IntegrityError as exc:
+            except self._dialect.integrity_error as exc:
                 raise InvalidInputError(f"{type(self).__name__}: {exc}") from exc
 
     # -- CRUD ---------------------------------------------------------------------------------------
@@ -301,7 +304,7 @@ class RecordDB(ChangeTracking, EmbeddableDBMixin):
         return sorted(updated, key=lambda record: order[record.id])
 
     @staticmethod
-    def _select_ids(spec: TableSpec, conn: sqlite3.Connection, ids: Sequence[int]) -> list[Any]:
+    def _select_ids(spec: TableSpec, conn: Any, ids: Sequence[int]) -> list[Any]:
         found = []
         for start in range(0, len(ids), PAGE):
             chunk = ids[start : start + PAGE]
@@ -399,7 +402,7 @@ class RecordDB(ChangeTracking, EmbeddableDBMixin):
             last = 0
             while True:
                 page = spec.select(
-                    self.conn, "WHERE id > ? ORDER BY id LIMIT ?", (last, PAGE), lenient=True
+                    self._sql, "WHERE id > ? ORDER BY id LIMIT ?", (last, PAGE), lenient=True
                 )
                 for record in page:
                     yield f"{spec.kind}:{record.id}", record, spec.kind

@@ -61,12 +61,13 @@ class BotDB(RecordDB):
     tables = (TableSpec("bots", BotRecord, "bot", indexed=("status",), touch="last_modification_date"),)
 
     def _extra_schema(self) -> None:
-        self.conn.execute("CREATE INDEX IF NOT EXISTS bots_name_nocase ON bots(name COLLATE NOCASE)")
+        self._sql.execute(self._dialect.nocase_index("bots_name_nocase", "bots", "name"))
 
     @serialised
     def find_by_name(self, name: str) -> BotRecord | None:
-        """The bot with this name, ignoring case (the oldest one if several share it)."""
+        """The bot with this name, ignoring (ASCII) case (the oldest one if several share it)."""
         found = self.tables[0].select(
-            self._reader(), "WHERE name = ? COLLATE NOCASE ORDER BY id LIMIT 1", (str(name),)
+            self._reader(), f"WHERE {self._dialect.nocase_equals('name')} ORDER BY id LIMIT 1",
+            (str(name),),
         )
         return found[0] if found else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from typing import Any
 
 from ..errors import InvalidInputError
@@ -188,7 +187,7 @@ class ErrorDB(RecordDB):
             try:
                 return self._insert(ErrorRecord(message, **fields))
             except InvalidInputError as exc:  # another process stored it first: bump that one
-                if attempt or not isinstance(exc.__cause__, sqlite3.IntegrityError):
+                if attempt or not isinstance(exc.__cause__, self._dialect.integrity_error):
                     raise
         raise AssertionError("unreachable")
 

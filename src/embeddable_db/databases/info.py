@@ -71,10 +71,13 @@ class InfoDB(RecordDB):
 
     def _extra_schema(self) -> None:
         """Drop the FTS5 table and triggers of an InfoDB made before issue 13: the store's
-        keyword index (the embedded text, written with each vector) replaces them."""
+        keyword index (the embedded text, written with each vector) replaces them. (An
+        InfoDB on PostgreSQL never had them.)"""
+        if self._dialect.name != "sqlite":
+            return
         for trigger in _OLD_FTS:
-            self.conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
-        self.conn.execute("DROP TABLE IF EXISTS info_fts")
+            self._sql.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        self._sql.execute("DROP TABLE IF EXISTS info_fts")
 
     @serialised
     def search_keywords(self, term: str, limit: int = 20) -> list[ResearchItem]:

@@ -1,11 +1,12 @@
-"""Records as dataclasses, and the SQLite tables derived from them.
+"""Records as dataclasses, and the tables derived from them.
 
 One ``TableSpec`` per table turns a record dataclass into its table: a column per field, named
 after the field (a trailing underscore dropped, so ``type_`` is the column ``type``), typed from
-the annotation (``str`` TEXT, ``int``/``bool`` INTEGER, ``float`` REAL, ``list``/``dict`` TEXT
-holding JSON, never comma-joined), with the field's default as the column default so that rows
-inserted with plain SQL read back sensibly. Fields declared with ``link_field`` are not columns:
-they are int lists kept in a link table ``(<owner>_id, <column>)``.
+the annotation (``str``, ``int``, ``float``, ``bool`` as 0/1, ``list``/``dict`` as JSON text,
+never comma-joined; each engine's column types and CREATE statements are in ``dialect.py``),
+with the field's default as the column default so that rows inserted with plain SQL read back
+sensibly. Fields declared with ``link_field`` are not columns: they are int lists kept in a
+link table ``(<owner>_id, <column>)``, read back in the order they were written.
 
 Every column name used in SQL comes from these specs, that is from the dataclasses: names a
 caller passes (``update(**fields)``) are only looked up in that whitelist, never put into SQL.
@@ -28,10 +29,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..errors import InvalidInputError
-from .timestamps import is_timestamp, to_timestamp, utc_now
+from .timestamps import is_timestamp, to_timestamp
 
 LINK = "embeddable_db.link"
-_SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER", list: "TEXT", dict: "TEXT"}
+_TYPES = (str, int, float, bool, list, dict)  # the annotations a column may have
 _EMPTY: dict[type, Any] = {str: "", int: 0, float: 0.0, bool: False}
 
 
@@ -116,18 +117,9 @@ def _shape(hint: Any) -> tuple[type, bool]:
             raise TypeError(f"unsupported annotation {hint!r}")
         return _shape(args[0])[0], True
     base = origin or hint
-    if base not in _SQL_TYPES:
+    if base not in _TYPES:
         raise TypeError(f"unsupported annotation {hint!r}")
     return base, False
-
-
-def _sql_literal(value: Any) -> str:
-    """A SQL literal for a dataclass default (our own constants, never caller input)."""
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int | float):
-        return repr(value)
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _json(value: Any, where: str) -> str:
@@ -180,54 +172,6 @@ class TableSpec:
         self.links_by_field = {link.field: link for link in self.links}
         self.updatable = frozenset(self.by_field) | frozenset(self.links_by_field)
         self._names = ", ".join(f'"{c.name}"' for c in self.columns)
-
-    # -- schema ---------------------------------------------------------------------------
-    def _column_default(self, column: Column, *, constant: bool) -> str:
-        default = column.default
-        if default is dataclasses.MISSING:
-            return ""
-        if default is utc_now and not constant:
-            return " DEFAULT (strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'))"
-        if callable(default):
-            default = default()
-            if isinstance(default, list | dict):
-                return f" DEFAULT {_sql_literal(json.dumps(default))}"
-            return " DEFAULT ''" if column.type is str else ""
-        return "" if default is None else f" DEFAULT {_sql_literal(default)}"
-
-    def schema(self) -> list[str]:
-        """CREATE statements (idempotent) for the table, its indexes and link tables."""
-        columns = ",\n  ".join(
-            f'"{c.name}" {_SQL_TYPES[c.type]}'
-            + (" UNIQUE" if c.field in self.unique else "")
-            + self._column_default(c, constant=False)
-            for c in self.columns
-        )
-        statements = [
-            f"CREATE TABLE IF NOT EXISTS {self.table} (\n"
-            f"  id INTEGER PRIMARY KEY AUTOINCREMENT,\n  {columns}\n)"
-        ]
-        for name in self.indexed:
-            col = self.by_field[name].name
-            statements.append(
-                f'CREATE INDEX IF NOT EXISTS {self.table}_{col} ON {self.table}("{col}")'
-            )
-        for link in self.links:
-            statements.append(
-                f"CREATE TABLE IF NOT EXISTS {link.table} ({link.owner} INTEGER NOT NULL, "
-                f"{link.column} INTEGER NOT NULL, UNIQUE({link.owner}, {link.column}))"
-            )
-        return statements
-
-    def migrations(self, existing: Iterable[str]) -> list[str]:
-        """ALTERs adding the columns a table made by an older version lacks."""
-        have = set(existing)
-        return [
-            f'ALTER TABLE {self.table} ADD COLUMN "{c.name}" {_SQL_TYPES[c.type]}'
-            + self._column_default(c, constant=True)
-            for c in self.columns
-            if c.name not in have
-        ]
 
     # -- checking and converting values ----------------------------------------------------------
     def check_value(self, field: str, value: Any) -> Any:
@@ -338,11 +282,10 @@ class TableSpec:
     # -- SQL -------------------------------------------------------------------------------------
     def insert(self, conn: Any, checked: Mapping[str, Any]) -> int:
         marks = ", ".join("?" * len(self.columns))
-        cursor = conn.execute(
-            f"INSERT INTO {self.table} ({self._names}) VALUES ({marks})",
+        ((record_id,),) = conn.execute(
+            f"INSERT INTO {self.table} ({self._names}) VALUES ({marks}) RETURNING id",
             [self.to_sql(c.field, checked[c.field]) for c in self.columns],
-        )
-        record_id = cursor.lastrowid
+        ).fetchall()
         self.write_links(conn, record_id, checked)
         return record_id
 
@@ -368,7 +311,8 @@ class TableSpec:
             if replace:
                 conn.execute(f"DELETE FROM {link.table} WHERE {link.owner} = ?", (record_id,))
             conn.executemany(
-                f"INSERT OR IGNORE INTO {link.table} ({link.owner}, {link.column}) VALUES (?, ?)",
+                f"INSERT INTO {link.table} ({link.owner}, {link.column}) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING",
                 [(record_id, other) for other in values[link.field]],
             )
 

@@ -95,7 +95,8 @@ def matching_keys(db: RecordDB, where: Mapping[str, Any] | None, kind: str | Non
         return None
     keys: list[str] = []
     for spec in _where_specs(db, where, kind):
-        sql, params = compile_where(where, filter_columns(spec), spec.record_type.__name__)
+        sql, params = compile_where(db._dialect.filter_values(where, spec), filter_columns(spec),
+                                    spec.record_type.__name__, like=db._dialect.like)
         rows = db._reader().execute(f"SELECT id FROM {spec.table} WHERE {sql}", params)
         keys += [f"{spec.kind}:{row_id}" for (row_id,) in rows]
     return keys
@@ -127,7 +128,7 @@ def resolve(db: RecordDB, found: list[Found]) -> list[SearchHit]:
     for kind, ids in wanted.items():
         marks = ",".join("?" * len(ids))
         for record in db._by_kind[kind].select(
-            db.conn, f"WHERE id IN ({marks})", ids, lenient=True
+            db._sql, f"WHERE id IN ({marks})", ids, lenient=True
         ):
             if isinstance(record, UnreadableRow):
                 log.warning("search: skipping a row that cannot be read: %s", record.error)

@@ -15,10 +15,12 @@ reports where the two disagree and ``rebuild`` repairs it. Nothing here imports 
 
 from __future__ import annotations
 
+import importlib
 import sqlite3
 import threading
 from collections.abc import Container
 from contextlib import AbstractContextManager
+from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -164,16 +166,21 @@ def _is_psycopg(conn: Any) -> bool:
 
 
 def _postgres_engine(conn: Any, who: str) -> type:
+    engine = import_postgres("embeddable_db.engine.postgres", f"{who} uses a PostgreSQL connection")
+    engine.PostgresEngine.check_connection(conn, who)
+    return engine.PostgresEngine
+
+
+def import_postgres(module: str, what: str) -> ModuleType:
+    """Import a module of the ``[postgres]`` extra; a missing package is a
+    ``BackendUnavailableError`` that names it (``what`` says who needs it)."""
     try:
-        from .postgres import PostgresEngine
+        return importlib.import_module(module)
     except ImportError as exc:
         missing = (exc.name or "").split(".")[0]
         if missing not in ("psycopg", "psycopg_binary", "pgvector"):
             raise
         raise BackendUnavailableError(
-            f"{who} uses a PostgreSQL connection, which needs the {missing!r} package "
-            f"(not installed: {exc}); install the extra with "
-            "pip install 'embeddable-db[postgres]'"
+            f"{what}, which needs the {missing!r} package (not installed: {exc}); install "
+            "the extra with pip install 'embeddable-db[postgres]'"
         ) from exc
-    PostgresEngine.check_connection(conn, who)
-    return PostgresEngine

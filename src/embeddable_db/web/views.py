@@ -79,7 +79,7 @@ class DatabaseView:
         return out
 
     def plan(self) -> Any:
-        return self.store.backfill_plan()
+        return self.store.backfill_plan(full=True)  # the change log alone counts changed rows
 
     # ``both_sides`` reads these of the store it is given
     def get_vector(self, key: str) -> Any:
@@ -134,9 +134,6 @@ class TableView(DatabaseView):
 
     def texts(self, keys: list[str]) -> dict[str, str]:
         return {key: self.store.embedding_text(row) for key, row in self.store.rows(keys).items()}
-
-    def plan(self) -> Any:
-        return self.store.backfill_plan(full=True)  # the change log alone counts changed rows
 
 
 def table_views(files: list[str], model_backend: str) -> list[TableView]:

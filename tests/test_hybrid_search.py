@@ -246,3 +246,15 @@ def test_idf_of_a_word_counted_in_more_records_than_the_view_holds():
 
     assert bm25_idf(10, 25) == pytest.approx(1e-6)
     assert bm25_idf(0, 0) > 0
+
+
+def test_coverage_from_a_score_already_found_is_the_coverage_searched_again(docs):
+    """Fusing several stores passes the best keyword score it already has (no second search);
+    that must weigh the keyword side exactly as searching again would."""
+    docs, _ = docs
+    for query in ("remove directory", "timeout expired connection", "please cat"):
+        best = docs.search_by_keyword(query, 1)[0][1]
+        assert docs.keyword_coverage(query, best) == docs.keyword_coverage(query)
+    filtered = docs.search_by_keyword("remove directory", 1, ids=["os.rmdir"])[0][1]
+    assert docs.keyword_coverage("remove directory", filtered) <= docs.keyword_coverage(
+        "remove directory")

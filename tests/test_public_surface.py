@@ -298,7 +298,7 @@ MIXIN = {
     "remove_embeddings": "method(self, record_ids)",
     "save_index": "method(self)",
     "search_by_keyword": "method(self, text, top_k=10, *, kind=None, ids=None)",
-    "keyword_coverage": "method(self, text)",
+    "keyword_coverage": "method(self, text, best_score=None)",
     "search_hybrid": (
         "method(self, text, top_k=10, *, kind=None, ids=None, weights=(1.0, 1.0), rrf_k=20, "
         "adaptive=True, reranker=None, rerank_candidates=50)"

@@ -322,15 +322,21 @@ class EmbeddableDBMixin:
             rerank_candidates=rerank_candidates,
         )
 
-    def keyword_coverage(self, text: Any) -> float:
+    def keyword_coverage(self, text: Any, best_score: float | None = None) -> float:
         """0..1: how much of the query's information (its rare words most) the best keyword
         match holds; ``search_hybrid`` weighs the keyword side by it. Given for fusing the
-        searches of several stores into one ranking (``embeddable-db search`` does)."""
+        searches of several stores into one ranking (``embeddable-db search`` does).
+        ``best_score``: the score of the best match a keyword search already found (within
+        its filters, as ``search_hybrid`` judges it), so the search is not run again."""
         text = check.check_query(text)
         self._ensure_open()
         self._require_text("keyword search")
-        hits = self._engine.keyword_search(text, 1, None)
-        return self._engine.keyword_coverage(text, hits[0][1]) if hits else 0.0
+        if best_score is None:
+            hits = self._engine.keyword_search(text, 1, None)
+            if not hits:
+                return 0.0
+            best_score = hits[0][1]
+        return self._engine.keyword_coverage(text, float(best_score))
 
     def _search_filters(self, top_k: Any, kind: Any, ids: Any) -> tuple[int, str | None, Any]:
         top_k = check.check_top_k(top_k)

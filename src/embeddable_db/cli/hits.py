@@ -75,7 +75,8 @@ def both_sides(db: Any, name: str, text: str, vector: Any, top_k: int, *, kind: 
         by_keyword[i] = dataclasses.replace(hit, distance=distance)
     texts = {hit.key: " ".join(db.embedding_text(hit.record).split())
              for hit in [*by_vector, *by_keyword]}
-    coverage = db.keyword_coverage(text) if by_keyword else 0.0
+    # judged by the best match within the filters, as search_hybrid judges it
+    coverage = db.keyword_coverage(text, by_keyword[0].score) if by_keyword else 0.0
     return name, by_vector, by_keyword, coverage, texts
 
 

@@ -88,8 +88,8 @@ class DatabaseView:
     def embedding_text(self, record: Any) -> str:
         return self.store.embedding_text(record)
 
-    def keyword_coverage(self, text: str) -> float:
-        return self.store.keyword_coverage(text)
+    def keyword_coverage(self, text: str, best_score: float | None = None) -> float:
+        return self.store.keyword_coverage(text, best_score)
 
 
 class TableView(DatabaseView):

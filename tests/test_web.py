@@ -174,7 +174,8 @@ def test_tables_of_a_users_file_are_served_beside_the_databases(data, notes):
             assert record.text.count('class="near-link"') == 10
             slashed = c.get("/record/app.tags/tags/a%2Fb%20c")
             assert slashed.status_code == 200 and "invoice tag with a slash" in slashed.text
-            assert c.get("/record/app.tags/tags/nope").status_code == 404
+            for missing in ("nope", "%20", "x" * 5000):
+                assert c.get(f"/record/app.tags/tags/{missing}").status_code == 404, missing
             filtered = c.get("/api/search", params={"q": "notes", "mode": "vector",
                                                     "where": "title=note 3"}).json()["hits"]
             assert [(h["database"], h["record"]["title"]) for h in filtered] == [("app.notes",

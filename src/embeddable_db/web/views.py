@@ -19,6 +19,7 @@ from ..cli.stores import Target, open_db, stored_backend
 from ..cli.table_commands import Peek, embedded_tables, opened, peek
 from ..databases import REGISTRY
 from ..databases.searching import SearchHit, filter_columns
+from ..errors import InvalidInputError
 
 
 class NotFound(LookupError):
@@ -124,7 +125,10 @@ class TableView(DatabaseView):
     def record(self, kind: str, rid: str) -> tuple[dict[str, Any], str]:
         if kind != self.kinds[0]:
             raise NotFound(f"{self.name} holds rows of {self.kinds[0]!r}, not {kind!r}")
-        row = self.store.rows([rid]).get(rid)
+        try:
+            row = self.store.rows([rid]).get(rid)
+        except InvalidInputError:  # a key no row can have (blank, too long)
+            row = None
         if row is None:
             raise NotFound(f"{self.kinds[0]} has no row with key {rid!r}")
         return row, rid

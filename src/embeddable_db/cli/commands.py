@@ -173,7 +173,8 @@ def run_search(args: argparse.Namespace) -> int:
         args.db = [n for n in args.db if args.kind in (REGISTRY[n].embedding_kinds or ())]
     filters = hits_out.parse_where(args.where, where)
     if filters:
-        args.db = hits_out.databases_with(args.db, set(filters), args.kind, where)
+        args.db = hits_out.databases_with(
+            args.db, set(filters), lambda name: hits_out.field_sets(name, args.kind), where)
     targets, models = prepare(args, reads=True)
     hits: list[tuple[str, Any, str]] = []
     queries: dict[str, Any] = {}  # model -> the query's vector: one encoding per model

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,14 +40,18 @@ def parse_where(options: Sequence[str] | None, where: str) -> dict[str, tuple[st
     return parsed
 
 
-def databases_with(names: list[str], fields: set[str], kind: str | None, where: str) -> list[str]:
-    """Those of the databases having a table (of ``kind``) whose records have every field."""
-    def tables(name: str):
-        return [t for t in REGISTRY[name].tables if kind is None or t.kind == kind]
+def field_sets(name: str, kind: str | None) -> list[set[str]]:
+    """The fields each table (of ``kind``) of database ``name`` can be filtered on."""
+    return [set(filter_columns(t)) for t in REGISTRY[name].tables if kind in (None, t.kind)]
 
-    keep = [n for n in names if any(fields <= set(filter_columns(t)) for t in tables(n))]
+
+def databases_with(names: list[str], fields: set[str], sets_of: Callable[[str], list[set[str]]],
+                   where: str) -> list[str]:
+    """Those of ``names`` having a table whose records have every field (``sets_of(name)``:
+    the filterable fields of each of its tables, e.g. ``field_sets``)."""
+    keep = [n for n in names if any(fields <= fs for fs in sets_of(n))]
     if not keep:
-        valid = sorted({f for n in names for t in tables(n) for f in filter_columns(t)})
+        valid = sorted({f for n in names for fs in sets_of(n) for f in fs})
         raise UsageError(
             f"{where} no database has records with field(s) {', '.join(sorted(fields))}; "
             f"fields you can filter on: {', '.join(valid)}"

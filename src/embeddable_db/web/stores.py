@@ -52,11 +52,6 @@ class Stores:
             raise
         self.lock = threading.Lock()  # one request at a time touches the connections
 
-    @property
-    def dbs(self) -> dict[str, Any]:
-        """name -> its open (read-only) store."""
-        return {name: view.store for name, view in self.views.items()}
-
     def _open_all(self) -> None:
         for view in self.views.values():
             view.store = self._stack.enter_context(view.reopen(read_only=True))
@@ -112,14 +107,12 @@ class Stores:
             views = [v for v in views if kind in v.kinds]
         try:
             filters = hits_out.parse_where([w for w in where if w.strip()] or None, "where:")
+            if filters:
+                names = hits_out.databases_with([v.name for v in views], set(filters),
+                                                lambda n: self.views[n].field_sets(kind), "where:")
+                views = [self.views[n] for n in names]
         except Exception as exc:  # UsageError: its message says what to change
             raise BadRequest(str(exc)) from None
-        if filters:
-            views = [v for v in views if set(filters) <= v.fields(kind)]
-            if not views:
-                valid = sorted({f for v in self.views.values() for f in v.fields(kind)})
-                raise BadRequest(f"no store has records with field(s) {', '.join(sorted(filters))}"
-                                 f"; fields you can filter on: {', '.join(valid)}")
         found: list[tuple[str, Any, str]] = []
         sides: list[Any] = []
         vectors: dict[str, Any] = {}

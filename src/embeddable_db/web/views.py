@@ -15,10 +15,11 @@ import sqlite3
 from contextlib import AbstractContextManager
 from typing import Any
 
+from ..cli.hits import field_sets
 from ..cli.stores import Target, open_db, stored_backend
 from ..cli.table_commands import Peek, embedded_tables, opened, peek
 from ..databases import REGISTRY
-from ..databases.searching import SearchHit, filter_columns
+from ..databases.searching import SearchHit
 from ..errors import InvalidInputError
 
 
@@ -48,9 +49,8 @@ class DatabaseView:
     def reopen(self, read_only: bool) -> AbstractContextManager[Any]:
         return open_db(self._target, self._args, model=self._model, read_only=read_only)
 
-    def fields(self, kind: str | None) -> set[str]:
-        return {f for t in REGISTRY[self.name].tables if kind in (None, t.kind)
-                for f in filter_columns(t)}
+    def field_sets(self, kind: str | None) -> list[set[str]]:
+        return field_sets(self.name, kind)
 
     def search(self, query: Any, top_k: int, *, kind: str | None, mode: str,
                where: Any) -> list[SearchHit]:
@@ -109,8 +109,8 @@ class TableView(DatabaseView):
         track = bool((self._found.settings or {}).get("track_changes", True))
         return opened(self._args, self._found, read_only=False, track_changes=track)
 
-    def fields(self, kind: str | None) -> set[str]:
-        return set(self.store.table_info.columns) if kind in (None, self.kinds[0]) else set()
+    def field_sets(self, kind: str | None) -> list[set[str]]:
+        return [set(self.store.table_info.columns)] if kind in (None, self.kinds[0]) else []
 
     def search(self, query: Any, top_k: int, *, kind: str | None, mode: str,
                where: Any) -> list[SearchHit]:

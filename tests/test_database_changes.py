@@ -189,6 +189,20 @@ def test_link_rows_re_embed_their_owner(tmp_path, encoder):
     db.close()
 
 
+def test_an_add_does_not_inherit_link_rows_left_for_its_id(tmp_path, encoder):
+    """Link rows plain SQL left behind (their owner deleted, or never there) are not the links
+    of the record that next takes that id: it reads back as added, and its vector is current
+    without another backfill (hypothesis found a vector stale behind a trusted log)."""
+    db = NoteDB(tmp_path / "notes.db", encoder=encoder)
+    db.backfill_embeddings()
+    run_sql(db, ("INSERT INTO note_tags(note_id, tag_id) VALUES (1, 7)", ()))
+    db.backfill_embeddings()
+    rid = db.add(Note("alpha", tag_ids=[2]))
+    assert rid == 1 and db.get(rid).tag_ids == [2]
+    assert_as_a_full_scan_wants(db)
+    db.close()
+
+
 def test_link_tables_that_are_not_embedded_are_not_watched(open_db):
     db = open_db(edb.EnhancementDB)
     eid = db.add(edb.Enhancement("cache the parsed config", model_ids=[1]))

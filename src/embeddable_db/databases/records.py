@@ -286,7 +286,9 @@ class TableSpec:
             f"INSERT INTO {self.table} ({self._names}) VALUES ({marks}) RETURNING id",
             [self.to_sql(c.field, checked[c.field]) for c in self.columns],
         ).fetchall()
-        self.write_links(conn, record_id, checked)
+        # replace: link rows a plain-SQL writer left for a deleted row of this id are not the
+        # new record's (it reads back with exactly its own links, and its vector says so)
+        self.write_links(conn, record_id, checked, replace=True)
         return record_id
 
     def update(self, conn: Any, record_ids: Sequence[int], changes: Mapping[str, Any]) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from ..engine.postgres import PostgresEngine
 from ..errors import EmbeddingError, InvalidInputError
@@ -141,3 +142,62 @@ def schema_transaction(conn: psycopg.Connection, schema: str) -> Iterator[None]:
                      (f"embeddable_db.schema:{schema}",))
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         yield
+
+
+# -- looking before opening (probing.py), and taking turns (the CLI's backfill) ----------------
+def _connect_read_only(url: str, who: str) -> psycopg.Connection:
+    """A read-only autocommit connection; ``connect_timeout`` is 10 s unless the URL says."""
+    try:
+        extra = {} if "connect_timeout" in conninfo_to_dict(url) else {"connect_timeout": 10}
+        conn = psycopg.connect(url, autocommit=True, **extra)
+    except psycopg.Error as exc:  # libpq's message spans lines: one line says it
+        reason = " ".join(str(exc).removeprefix("connection is bad: ").split())
+        raise EmbeddingError(f"{who} cannot connect to {shown(url)}: {reason}".rstrip()) from exc
+    conn.execute("SET default_transaction_read_only = on")
+    return conn
+
+
+def probe(url: str, wanted: Sequence[tuple[str, str, str]]) -> dict[str, tuple[bool, str | None]]:
+    """For ``(schema, primary table, embeddings table)`` triples: schema -> (whether the primary
+    table exists, the model the embeddings table's meta records). Reads the catalog only."""
+    found: dict[str, tuple[bool, str | None]] = {}
+    with _connect_read_only(url, "embeddable-db") as conn:
+        def exists(schema: str, table: str) -> bool:
+            name = sql.Identifier(schema, table).as_string(conn)
+            return conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is not None
+
+        for schema, table, embeddings in wanted:
+            model = None
+            if exists(schema, f"{embeddings}_meta"):
+                row = conn.execute(sql.SQL("SELECT value FROM {} WHERE key = 'model'").format(
+                    sql.Identifier(schema, f"{embeddings}_meta"))).fetchone()
+                model = row[0] if row else None
+            found[schema] = (exists(schema, table), model)
+    return found
+
+
+class BackfillLock:
+    """One backfill per database at a time on a server, as the file lock is on SQLite: a
+    session-level advisory lock on the schema's name, held by a connection of its own (so it
+    ends with the process, however it ends)."""
+
+    def __init__(self, url: str, schema: str) -> None:
+        self.conn = _connect_read_only(url, "backfill")
+        self.key = f"embeddable_db.backfill:{schema}"
+
+    def try_acquire(self) -> bool:
+        return bool(self.conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                      (self.key,)).fetchone()[0])
+
+    def acquire(self) -> None:
+        self.conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (self.key,))
+
+    def close(self) -> None:
+        self.conn.close()  # releases the lock
+
+
+def storage_bytes(conn: psycopg.Connection, schema: str, table: str) -> int:
+    """The disk a store's embeddings table takes, with its indexes and TOAST data."""
+    name = sql.Identifier(schema, table).as_string(conn)
+    return int(conn.execute("SELECT coalesce(pg_total_relation_size(to_regclass(%s)), 0)",
+                            (name,)).fetchone()[0])

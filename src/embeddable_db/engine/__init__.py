@@ -89,6 +89,15 @@ class Engine(Protocol):
 
     def get_vector(self, key: str) -> np.ndarray | None: ...
 
+    def key_page(self, after: str, limit: int) -> list[str]:
+        """The next ``limit`` keys after ``after`` in the engine's own key order (it may list
+        keys that have no vector now; ``rows_of`` leaves those out): all keys, page by page."""
+
+    def rows_of(self, keys: list[str]) -> dict[str, VectorRow]:
+        """key -> its stored vector as the ``VectorRow`` that wrote it (state and keyword text
+        included), for those of ``keys`` that have one: another engine's ``write`` takes them
+        as they are, so moving a store never re-encodes and keeps what is stale stale."""
+
     def count(self) -> int:
         """How many vectors a search can find."""
 

@@ -43,19 +43,15 @@ from ...errors import EmbeddingError, InvalidInputError, ModelConflictError
 from ...options import PGVECTOR, StoreOptions
 from ...reports import VerifyReport
 from ...rows import StoredState, VectorRow
-from . import schema, search, verify
+from . import export, schema, search, verify
+from .export import key_list as _keys
+from .export import stored_text as _text
 from .schema import MAX_DIM, MAX_INDEXED_DIM, Names
 
 PAGE = 20_000  # keys per page of unseen_keys
 ANALYZE_AFTER = 10_000  # rows a backfill wrote before settle() refreshes the planner's stats
 _IDLE = pq.TransactionStatus.IDLE
 _STATE = "record_id, text_hash, model, embedding_version, source_id, kind, body IS NOT NULL"
-
-
-def _text(value: str | None) -> str | None:
-    """PostgreSQL text cannot hold NUL: the keyword text keeps each one as U+FFFD between
-    spaces (a word separator, as NUL is to SQLite's tokenizer; verify knows the mark)."""
-    return value if value is None or "\x00" not in value else value.replace("\x00", " \ufffd ")
 
 
 class PostgresEngine:
@@ -319,6 +315,14 @@ class PostgresEngine:
             ).fetchone()
         return None if row is None else np.asarray(row[0].to_numpy(), np.float32)
 
+    def key_page(self, after: str, limit: int) -> list[str]:
+        with self.lock, self.conn.transaction():
+            return export.key_page(self.cur, self.names, after, limit) if self._refresh_exists() else []
+
+    def rows_of(self, keys: list[str]) -> dict[str, VectorRow]:
+        with self.lock, self.conn.transaction():
+            return export.rows_of(self.cur, self.names, keys) if self._refresh_exists() else {}
+
     def count(self) -> int:
         with self.lock, self.conn.transaction():
             dim = self._refresh()
@@ -440,8 +444,3 @@ class PostgresEngine:
         with self.lock:
             if not self.conn.closed:
                 self.cur.close()
-
-
-def _keys(keys: list[str]) -> list[str]:
-    """Keys as a text[] parameter; a key with NUL cannot be stored, so it matches nothing."""
-    return [key for key in keys if "\x00" not in key]

@@ -42,6 +42,7 @@ from ...errors import EmbeddingError, ModelConflictError
 from ...files import database_file
 from ...options import StoreOptions
 from ...reports import VerifyReport
+from . import export
 from .filtered import search_within
 from .index_files import IndexFiles, gc_paused
 from .live_index import LiveIndex
@@ -201,6 +202,14 @@ class SQLiteEngine:
     def get_vector(self, key: str) -> np.ndarray | None:
         with self.lock:
             return self.store.get_vector(key)
+
+    def key_page(self, after: str, limit: int) -> list[str]:
+        with self.lock:
+            return export.key_page(self.store, after, limit)
+
+    def rows_of(self, keys: list[str]) -> dict[str, VectorRow]:
+        with self.lock:
+            return export.rows_of(self.store, keys)
 
     def count(self) -> int:
         with self.lock:

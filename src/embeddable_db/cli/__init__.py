@@ -1,4 +1,5 @@
-"""The ``embeddable-db`` command: backfill, search, stats, verify and rebuild the six databases.
+"""The ``embeddable-db`` command: backfill, search, stats, verify and rebuild the six databases
+(SQLite files, or a PostgreSQL database with ``--database-url``), and migrate them there.
 
 A thin layer over the library: it parses flags, opens each database in turn, calls the
 library, prints what happened, and turns outcomes into exit codes (0 success, 1 some records or
@@ -6,7 +7,8 @@ checks failed, 2 usage error, 130 interrupted). One failing database never stops
 
 Parts: ``parser`` (flags), ``stores`` (finding and opening databases without creating,
 converting or re-embedding anything a command was not asked to), ``output`` (tables, JSON,
-escaping, a closed pipe), ``commands`` (the five commands and ``main``).
+escaping, a closed pipe), ``commands`` (the six-database commands and ``main``), ``migrating``
+(``migrate``, over ``databases.migrate``).
 
 This module imports nothing heavy, so that ``python -m embeddable_db.cli`` and the backfill
 script can take over Ctrl-C before the rest loads.

@@ -1,4 +1,4 @@
-"""The five commands and ``main``: exit codes 0 ok, 1 some records or checks failed, 2 usage
+"""The six-database commands (``migrate`` is in ``migrating.py``) and ``main``: exit codes 0 ok, 1 some records or checks failed, 2 usage
 error, 130 interrupted (Ctrl-C at any moment: one line, no traceback)."""
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..databases import REGISTRY
+from ..databases.opening import URL_ENV
 from ..encoder import get_encoder
 from ..errors import EmbeddingError
 from ..reports import MODEL_SWITCH_PROBLEM, BackfillInterrupted, BackfillPlan, BackfillResult
 from . import hits as hits_out
+from .migrating import run_migrate
 from .output import GuardedOutput, Progress, clean, dumps, human_bytes, print_table, warn
-from .parser import UsageError, build_parser
+from .parser import URL_SCHEMES, UsageError, build_parser
 from .stores import (
     Target,
     backfill_lock,
@@ -30,6 +32,7 @@ from .stores import (
     open_db,
     require_existing,
     resolve_data_dir,
+    store_size,
 )
 
 log = logging.getLogger("embeddable_db.cli")
@@ -45,12 +48,20 @@ def for_each_db(
     for target in targets:
         try:
             ok = work(target) and ok
-        except ERRORS as exc:
+        except Exception as exc:  # noqa: BLE001 - only the errors of a database, see below
+            if not isinstance(exc, ERRORS) and not server_error(exc):
+                raise
             warn(f"{target.name}: error: {exc}")
             if failed is not None:
                 failed(target.name, exc)
             ok = False
     return 0 if ok else 1
+
+
+def server_error(exc: BaseException) -> bool:
+    """An error of the PostgreSQL server or connection (psycopg's), known without importing
+    psycopg: one database's failure, like a SQLite error."""
+    return any(cls.__module__.split(".")[0] == "psycopg" for cls in type(exc).__mro__)
 
 
 def prepare(args: argparse.Namespace, *, reads: bool) -> tuple[list[Target], dict[str, str]]:
@@ -228,8 +239,7 @@ def run_stats(args: argparse.Namespace) -> int:
         with open_db(target, args, model=models[target.name], read_only=True) as db:
             plan = db.backfill_plan()
             counts = db.model_counts()
-            size = sum(os.path.getsize(p) for p in (db.index_path, db.metadata_path)
-                       if p and os.path.isfile(p))
+            size = store_size(db)
             model = db.model_id + (f" (+{len(counts) - 1} other)" if len(counts) > 1 else "")
             vectors = db.embedding_count()
             lines.append((target.name, plan.records, vectors, plan.missing,
@@ -288,9 +298,14 @@ def run_verify(args: argparse.Namespace) -> int:
         if note:
             problems.append(note)
         state = "PROBLEMS" if problems else "ok"
-        print(clean(f"{target.name}: {state}: sqlite {report.sqlite_count}, index "
-                    f"{report.index_count}, metadata {report.metadata_count}, file "
-                    f"{report.file_count}, pending {report.pending_changes}"))
+        if target.url is not None:  # no files: the table, its HNSW index, its keyword text
+            counts = (f"postgres {report.sqlite_count}, index {report.index_count}, keywords "
+                      f"{report.keyword_count}")
+        else:
+            counts = (f"sqlite {report.sqlite_count}, index {report.index_count}, metadata "
+                      f"{report.metadata_count}, file {report.file_count}, pending "
+                      f"{report.pending_changes}")
+        print(clean(f"{target.name}: {state}: {counts}"))
         for problem in problems:
             print(clean(f"  {problem}"))
         return not problems
@@ -333,6 +348,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "migrate": run_migrate,
     "serve": run_serve,
     "backfill": run_backfill,
     "search": run_search,
@@ -385,6 +401,8 @@ def run(argv: Sequence[str] | None, prog: str) -> int:
             return TABLE_COMMANDS[args.command](args)
         args.data_dir_given = args.data_dir is not None
         args.data_dir = resolve_data_dir(args.data_dir)  # once: every path below derives from it
+        if hasattr(args, "database_url"):
+            args.database_url = choose_url(args)
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING,
             format="%(levelname)s %(name)s: %(message)s",
@@ -393,6 +411,29 @@ def run(argv: Sequence[str] | None, prog: str) -> int:
     except UsageError as exc:
         warn(str(exc))
         return 2
+
+
+def choose_url(args: argparse.Namespace) -> str | None:
+    """The PostgreSQL database of a six-database command: ``--database-url``, else
+    ``$EMBEDDABLE_DB_URL`` unless ``--data-dir`` names a folder (as the library does: a file
+    named explicitly wins over the environment); None for the SQLite files."""
+    where = f"{args.prog} {args.command}: error:"
+    url = args.database_url
+    if url is not None and args.data_dir_given:
+        raise UsageError(f"{where} --database-url and --data-dir name two places for the "
+                         "databases: give one of them")
+    if url is None:
+        url = None if args.data_dir_given else os.environ.get(URL_ENV, "").strip() or None
+        if url is None:
+            return None
+        if not url.startswith(URL_SCHEMES):
+            raise UsageError(f"{where} ${URL_ENV} is not a PostgreSQL URL: set it to "
+                             "postgresql://user@host/dbname, or unset it to use --data-dir")
+    if args.backend is not None:
+        raise UsageError(f"{where} --backend {args.backend} is an index file's library, for "
+                         "SQLite databases; on PostgreSQL the index is pgvector's, in the "
+                         "database: drop --backend")
+    return url
 
 
 def _logging(args: argparse.Namespace) -> None:

@@ -89,8 +89,8 @@ class Progress:
 
             self.bar = tqdm(total=total, desc=name, unit="rec", leave=False, file=sys.stderr)
 
-    def __call__(self, result: BackfillResult) -> None:
-        done = result.processed
+    def __call__(self, result: BackfillResult | int) -> None:
+        done = result if isinstance(result, int) else result.processed
         if self.bar is not None:
             self.bar.n = done
             self.bar.refresh()

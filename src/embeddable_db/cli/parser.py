@@ -9,6 +9,10 @@ from ..databases import REGISTRY
 from ..encoder import HASH_MODEL_PREFIX, MODEL_BACKENDS
 
 NAMES = tuple(REGISTRY)
+URL_SCHEMES = ("postgresql://", "postgres://")
+URL_HELP = ("a PostgreSQL database holding the databases, one schema each "
+            "(postgresql://user@host/dbname; default: $EMBEDDABLE_DB_URL unless --data-dir is "
+            "given; needs the [postgres] extra)")
 
 
 class UsageError(Exception):
@@ -57,6 +61,14 @@ def model_name(text: str) -> str:
     return text
 
 
+def database_url(text: str) -> str:
+    """A PostgreSQL URL; checked here for its scheme, the server is asked later."""
+    if not text.startswith(URL_SCHEMES):
+        raise argparse.ArgumentTypeError(
+            f"{text[:80]!r} is not a PostgreSQL URL: use postgresql://user@host/dbname")
+    return text
+
+
 def folder(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must name a folder, got an empty string")
@@ -65,7 +77,8 @@ def folder(text: str) -> str:
 
 def build_parser(prog: str = "embeddable-db") -> Parser:
     parser = Parser(prog=prog, description="Backfill, search, stats, verify and rebuild the six "
-                    "embeddable_db databases; embed and search any table of any SQLite file.")
+                    "embeddable_db databases (SQLite files, or PostgreSQL with --database-url); migrate "
+                    "them to PostgreSQL; embed and search any table of any SQLite file.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
@@ -78,8 +91,11 @@ def build_parser(prog: str = "embeddable-db") -> Parser:
             "--data-dir", type=folder, default=None,
             help="folder holding the databases (default: $EMBEDDABLE_DB_HOME or ./data)",
         )
+        sub.add_argument("--database-url", type=database_url, default=None, metavar="URL",
+                         help=URL_HELP)
         sub.add_argument("--backend", type=backend_name, default=None,
-                         help="vector index backend: annoy or faiss " + backend_help)
+                         help="vector index backend of a SQLite database: annoy or faiss "
+                         + backend_help)
         sub.add_argument(
             "--model", type=model_name, default=None,
             help="sentence-transformers model name or path (default: the model each "
@@ -134,7 +150,8 @@ def build_parser(prog: str = "embeddable-db") -> Parser:
 
     for name, text, backend_help in (
         ("stats", "records, vectors, missing, stale, orphaned per database", reads),
-        ("verify", "check that SQLite, index and metadata agree (exit 1 if not)", reads),
+        ("verify", "check that the stored vectors and their indexes agree: SQLite, index and "
+         "metadata files, or PostgreSQL's table and indexes (exit 1 if not)", reads),
         ("rebuild", "rebuild indexes from the stored vectors (no re-encoding)", converts),
     ):
         common(commands.add_parser(name, help=text), backend_help)
@@ -152,7 +169,9 @@ def build_parser(prog: str = "embeddable-db") -> Parser:
                        help="add a backfill button (otherwise nothing on the page writes)")
     serve.add_argument("--model-backend", choices=MODEL_BACKENDS, default="onnx",
                        help="run the model on ONNX Runtime (default: fast first query) or torch")
+    from .migrating import add_migrate_command
     from .table_parser import add_table_commands  # here: it imports the tables package
 
+    add_migrate_command(commands)
     add_table_commands(commands)
     return parser

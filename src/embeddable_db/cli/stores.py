@@ -1,65 +1,91 @@
 """Finding and opening the databases a command names, without side effects it did not ask for.
 
-Before a database is opened the command reads, read-only, what it already holds: whether its
-file exists, which model made its vectors, which backend wrote its index. From that:
+Before a database is opened the command reads, read-only, what it already holds
+(``databases/probing.py``): whether it exists (its SQLite file, or on PostgreSQL its schema's
+primary table), which model made its vectors, and on SQLite which backend wrote its index.
+From that:
 
 * read commands (search, stats, verify, a dry run) refuse a missing data directory or database
-  instead of creating empty ones, and never convert an index to another backend;
+  instead of creating empty ones (on PostgreSQL: no schema, table or extension is created), and
+  never convert an index to another backend;
 * every command uses the model a database's vectors were made by, so that opening never
   re-embeds, and an index is never rebuilt empty for a model it does not hold; ``--model`` may
   differ from it only for ``backfill --allow-model-change``;
 * the data directory is expanded once (``~``, relative paths), so databases and locks agree.
 
 Read commands open databases with ``read_only=True``: SQLite in ``mode=ro``, and no index,
-metadata, lock or temporary file is written.
+metadata, lock or temporary file is written; PostgreSQL in read-only transactions, which the
+server itself enforces. ``--database-url`` (or ``$EMBEDDABLE_DB_URL``) puts every database
+of a command on one PostgreSQL database, a schema each; a backfill there takes turns on an
+advisory lock instead of a lock file.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ..backends import backend_names
 from ..databases import HOME_ENV, REGISTRY, RecordDB, data_home
+from ..databases.probing import index_backend, postgres_databases, sqlite_model
 from ..encoder import DEFAULT_MODEL, model_identity
-from ..options import StoreOptions
+from ..errors import EmbeddingError
+from ..options import PGVECTOR, StoreOptions
 from .output import warn
 from .parser import UsageError
 
 
 @dataclass(frozen=True)
 class Target:
-    """One database a command works on, and what its files already say."""
+    """One database a command works on, and what its files (or its schema) already say."""
 
     name: str
     cls: type[RecordDB]
-    db_file: str
-    index_path: str
-    metadata_path: str
+    db_file: str | None  # None on PostgreSQL
+    index_path: str | None
+    metadata_path: str | None
     model: str | None  # the model its vectors were made by; None without vectors or file
+    url: str | None = None  # the PostgreSQL database holding it (its schema is ``name``)
+    found: bool = False  # on PostgreSQL: whether its schema has its tables
 
     @property
     def exists(self) -> bool:
-        return os.path.isfile(self.db_file)
+        return self.found if self.url is not None else os.path.isfile(self.db_file or "")
+
+    @property
+    def where(self) -> str:
+        """The file, or the database and schema (password hidden), for messages."""
+        if self.url is None:
+            return str(self.db_file)
+        from ..databases.postgres import shown
+
+        return f"{shown(self.url)} (schema {self.name})"
 
 
 def find_targets(args: argparse.Namespace) -> list[Target]:
     """The databases of ``--db`` (each once, in the order given), read-only."""
+    names = list(dict.fromkeys(args.db))
+    url = getattr(args, "database_url", None)
+    if url is not None:
+        try:
+            found = postgres_databases(url, [REGISTRY[name] for name in names])
+        except EmbeddingError as exc:  # unreachable, refused, no such database
+            raise UsageError(f"{args.prog} {args.command}: error: {exc}") from None
+        return [Target(name, REGISTRY[name], None, None, None, found[name].model, url,
+                       found[name].exists) for name in names]
     targets = []
-    for name in dict.fromkeys(args.db):
+    for name in names:
         cls = REGISTRY[name]
         db_file, index_path, metadata_path = cls.resolve_paths(data_dir=args.data_dir)
         assert index_path is not None and metadata_path is not None
         targets.append(Target(name, cls, db_file, index_path, metadata_path,
-                              recorded_model(db_file, cls.embedding_table)))
+                              sqlite_model(db_file, cls.embedding_table)))
     return targets
 
 
@@ -68,52 +94,26 @@ def resolve_data_dir(value: str | None) -> Path:
     return data_home(value)
 
 
-def recorded_model(db_file: str, table: str) -> str | None:
-    """The model the vectors in ``db_file`` were made by (``<table>_meta``), or None.
-
-    Read-only, and it creates nothing: a database without a ``-wal`` (or ``-journal``) file
-    was closed cleanly, so its main file holds everything and is read as immutable (SQLite's
-    read-only mode alone would create ``-wal`` and ``-shm`` files and leave them); otherwise
-    read-only mode sees the WAL as well. A file that cannot be read gives None: opening it then
-    reports the problem for that database alone (and the store checks the model itself).
-    """
-    if not os.path.isfile(db_file):
-        return None
-    uri = Path(db_file).as_uri() + "?mode=ro"
-    if not any(os.path.exists(db_file + end) for end in ("-wal", "-journal")):
-        uri += "&immutable=1"
-    meta = f"{table}_meta"  # a class attribute, checked to be an identifier by the store
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
-    except sqlite3.Error:
-        return None
-    try:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                        (meta,)).fetchone() is None:
-            return None
-        row = conn.execute(f"SELECT value FROM {meta} WHERE key = 'model'").fetchone()
-        return row[0] if row else None
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
-
-
 def stored_backend(target: Target) -> str | None:
-    """The backend a store's index was last written with (from its metadata), or None."""
-    if not os.path.isfile(target.metadata_path):  # only a regular file: a FIFO would block
-        return None
-    try:
-        with open(target.metadata_path, encoding="utf-8") as handle:
-            backend = json.load(handle).get("backend")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return backend if backend in backend_names() else None
+    """The backend a store's index was last written with (from its metadata), or None;
+    ``pgvector`` on PostgreSQL, the only one there."""
+    return PGVECTOR if target.url is not None else index_backend(target.metadata_path)
 
 
 def require_existing(args: argparse.Namespace, targets: list[Target]) -> None:
     """Read commands read: a mistyped folder is an error, not six new empty databases."""
     where = f"{args.prog} {args.command}: error:"
+    if getattr(args, "database_url", None) is not None:
+        missing = [t for t in targets if not t.exists]
+        if missing:
+            names = ", ".join(t.name for t in missing)
+            raise UsageError(
+                f"{where} no database {names} in {missing[0].where.rsplit(' (', 1)[0]} (no "
+                f"schema {missing[0].name!r} with table {missing[0].cls.tables[0].table!r}): "
+                "choose others with --db, or create it with a backfill or "
+                "`embeddable-db migrate --to URL`"
+            )
+        return
     if not args.data_dir.is_dir():
         state = "is not a folder" if args.data_dir.exists() else "does not exist"
         raise UsageError(
@@ -174,6 +174,15 @@ def open_db(
     converts it; a different ``--backend`` is mentioned and otherwise ignored. They open the
     database ``read_only``: nothing is written, not even a lock file or a rebuilt index.
     """
+    if target.url is not None:
+        options = StoreOptions(backend=PGVECTOR, model_name=model, model_backend=args.model_backend,
+                               allow_model_change=switching(target, model), read_only=read_only)
+        db = target.cls(url=target.url, **options.keywords())
+        try:
+            yield db
+        finally:
+            db.close()
+        return
     stored = stored_backend(target)
     if read_only:
         backend = stored or args.backend or "annoy"
@@ -200,6 +209,10 @@ def backfill_lock(args: argparse.Namespace, name: str) -> Iterator[bool]:
     if args.dry_run:
         yield True
         return
+    if getattr(args, "database_url", None) is not None:
+        with _server_lock(args, name) as acquired:
+            yield acquired
+        return
     folder = args.data_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / ".backfill.lock"))
@@ -216,6 +229,36 @@ def backfill_lock(args: argparse.Namespace, name: str) -> Iterator[bool]:
         yield True
     finally:
         lock.release()
+
+
+@contextmanager
+def _server_lock(args: argparse.Namespace, name: str) -> Iterator[bool]:
+    """``backfill_lock`` on PostgreSQL: an advisory lock of the server, on the schema's name."""
+    from ..databases.postgres import BackfillLock
+
+    lock = BackfillLock(args.database_url, name)
+    try:
+        if not lock.try_acquire():
+            if args.no_wait:
+                warn(f"{name}: another backfill is running; skipped")
+                yield False
+                return
+            warn(f"{name}: waiting for another backfill to finish ...")
+            lock.acquire()
+        yield True
+    finally:
+        lock.close()
+
+
+def store_size(db: Any) -> int:
+    """The bytes a store's index takes: its index and metadata files, or on PostgreSQL its
+    embeddings table with its indexes."""
+    if getattr(db, "url", None) is not None:
+        from ..databases.postgres import storage_bytes
+
+        return storage_bytes(db.conn, db.schema, db.embedding_table)
+    return sum(os.path.getsize(p) for p in (db.index_path, db.metadata_path)
+               if p and os.path.isfile(p))
 
 
 def half_switched(name: str, model: str, counts: dict[str, int]) -> str | None:

@@ -1,5 +1,6 @@
-"""The six-database commands (``migrate`` is in ``migrating.py``) and ``main``: exit codes 0 ok, 1 some records or checks failed, 2 usage
-error, 130 interrupted (Ctrl-C at any moment: one line, no traceback)."""
+"""The six-database commands (``migrate`` is in ``migrating.py``) and ``main``: exit codes 0
+ok, 1 some records or checks failed, 2 usage error, 130 interrupted (Ctrl-C at any moment: one
+line, no traceback)."""
 
 from __future__ import annotations
 

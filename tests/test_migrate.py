@@ -270,3 +270,30 @@ def test_a_half_switched_database_is_refused_and_the_others_copied(data_dir, pg_
     assert not report.ok and workflow.ok
     assert "models" in bot.error and "backfill --db bot" in bot.error
     assert schemas(pg_url) == {"workflow"}
+
+
+def test_an_empty_store_gets_its_hnsw_index_after_the_load_and_a_failed_load_gets_it_at_open(
+        data_dir, pg_url):
+    from embeddable_db.engine.postgres.bulk import index_built_after
+
+    def hnsw(url):
+        with psycopg.connect(url) as conn:
+            return [row[0] for row in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'bot' "
+                "AND indexname LIKE 'bot_embeddings_hnsw_%'")]
+
+    assert migrate(data_dir, pg_url, ["bot"]).ok
+    assert hnsw(pg_url) == ["bot_embeddings_hnsw_64"]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA bot CASCADE")
+    with BotDB(url=pg_url, model_name=MODEL) as bots, \
+            BotDB(data_dir=data_dir, model_name=MODEL, read_only=True) as src:
+        rows = list(src._engine.rows_of(["bot:1", "bot:2"]).values())
+        with pytest.raises(RuntimeError), index_built_after(bots._engine):
+            bots._engine.write(rows, bulk=True)
+            assert hnsw(pg_url) == []  # not made row by row
+            raise RuntimeError("the load failed")
+        assert hnsw(pg_url) == []
+        assert not bots.verify_index().ok
+    with BotDB(url=pg_url, model_name=MODEL) as bots:  # a writable open makes it again
+        assert hnsw(pg_url) == ["bot_embeddings_hnsw_64"] and bots.verify_index().ok

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine import import_postgres
 from ..errors import EmbeddingError, InvalidInputError
 from ..options import data_home
 from ._base import RecordDB
@@ -193,7 +194,9 @@ def _migrate_one(cls: type[RecordDB], folder: Path, url: str, model: str | None,
 
         for spec in cls.tables:
             result.records += sync_table(src, dst, spec, apply=True, tick=tick, page=page)
-        result.vectors = sync_vectors(src, dst, apply=True, tick=tick, page=page)
+        bulk = import_postgres("embeddable_db.engine.postgres.bulk", "migrate")
+        with bulk.index_built_after(dst._engine):  # an empty store: ~7x faster (bulk.py)
+            result.vectors = sync_vectors(src, dst, apply=True, tick=tick, page=page)
         result.seconds = time.perf_counter() - started
         log.info("%s: records %s, vectors %s", cls.name, result.records, result.vectors)
         _verify(src, dst, result, page)

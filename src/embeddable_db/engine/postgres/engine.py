@@ -99,6 +99,7 @@ class PostgresEngine:
         self._owner = owner
         self._bulk_rows = 0
         self._indexed: set[int] = set()
+        self.defer_index = False  # bulk.index_built_after: a missing HNSW index waits
         with self.lock, conn.transaction():
             self.names = Names(schema.current_schema(conn, owner), schema.check_table(table))
             self.database = f"{conn.info.dbname} (table {self.names.label})"
@@ -221,6 +222,8 @@ class PostgresEngine:
             return
         if schema.hnsw_name_exists(self.conn, self.names, dim):
             self._indexed.add(dim)
+            return
+        if self.defer_index:
             return
         schema.lock_store(self.conn, self.names)
         schema.create_hnsw(self.conn, self.names, dim, self.settings)

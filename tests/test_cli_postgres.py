@@ -213,3 +213,29 @@ def test_migrate_refuses_bad_input_with_exit_2_and_changes_nothing(tmp_path, pg_
 def test_migrate_needs_a_target(data_dir):  # noqa: F811
     out = cli("migrate", "--data-dir", data_dir, env=with_url(None))
     assert out.returncode == 2 and "--to postgresql://" in out.stderr
+
+
+def test_the_web_page_serves_the_databases_of_a_url(pg_url):
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from embeddable_db.web.app import build_app
+    from embeddable_db.web.stores import Stores
+
+    bots_on(pg_url, "reads supplier invoices", "summarises customer emails")
+    assert cli("backfill", "--database-url", pg_url, "--db", "bot", *HASH).returncode == 0
+    stores = Stores(model_backend="torch", url=pg_url)
+    try:
+        assert list(stores.views) == ["bot"] and "***" not in (stores.url or "x")
+        with TestClient(build_app(stores)) as client:
+            api = client.get("/api/search", params={"q": "customer emails", "mode": "keyword"})
+            assert [h["record_id"] for h in api.json()["hits"]] == [2]
+            record = client.get("/record/bot/bot/1")
+            assert record.status_code == 200 and "reads supplier invoices" in record.text
+            page = client.get("/stores")
+            assert page.status_code == 200 and "pgvector" in page.text
+            assert len(client.get("/api/map").json()["points"]) == 2
+    finally:
+        stores.close()
+    out = cli("serve", "--database-url", pg_url, "--data-dir", "/tmp")
+    assert out.returncode == 2 and "give one of them" in out.stderr

@@ -297,3 +297,16 @@ def test_an_empty_store_gets_its_hnsw_index_after_the_load_and_a_failed_load_get
         assert not bots.verify_index().ok
     with BotDB(url=pg_url, model_name=MODEL) as bots:  # a writable open makes it again
         assert hnsw(pg_url) == ["bot_embeddings_hnsw_64"] and bots.verify_index().ok
+
+
+def test_a_record_postgresql_cannot_store_is_named_and_the_other_databases_still_run(
+        data_dir, pg_url):
+    conn = sqlite3.connect(data_dir / "info" / "info.db")
+    with conn:
+        conn.execute("UPDATE info SET notes = ? WHERE id = 2", ("a\x00b",))
+    conn.close()
+    report = migrate(data_dir, pg_url, ["info", "information"])
+    info, information = report.databases
+    assert not report.ok and information.ok
+    assert "table info: row 2 holds text with NUL characters" in info.error
+    assert "fix it in SQLite and migrate again" in info.error

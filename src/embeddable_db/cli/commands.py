@@ -331,7 +331,7 @@ def run_rebuild(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     """The web page (extra ``[web]``), imported only here so the CLI works without it. Files
     given alone are served alone; with ``--data-dir`` (or none), the data directory too."""
-    data_dir = None if args.files and not args.data_dir_given else args.data_dir
+    data_dir = None if (args.files and not args.data_dir_given) or args.database_url else args.data_dir
     if data_dir is not None and not data_dir.is_dir():
         raise UsageError(f"{args.prog} serve: error: data directory {str(data_dir)!r} does "
                          "not exist: check --data-dir or $EMBEDDABLE_DB_HOME")
@@ -345,7 +345,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.prog} serve: error: {exc.name} is not installed: "
                          "pip install 'embeddable-db[web]'") from None
     return serve(data_dir, args.files, host=args.host, port=args.port, open_browser=args.open,
-                 allow_backfill=args.allow_backfill, model_backend=args.model_backend)
+                 allow_backfill=args.allow_backfill, model_backend=args.model_backend,
+                 url=args.database_url)
 
 
 COMMANDS = {
@@ -430,7 +431,7 @@ def choose_url(args: argparse.Namespace) -> str | None:
         if not url.startswith(URL_SCHEMES):
             raise UsageError(f"{where} ${URL_ENV} is not a PostgreSQL URL: set it to "
                              "postgresql://user@host/dbname, or unset it to use --data-dir")
-    if args.backend is not None:
+    if getattr(args, "backend", None) is not None:
         raise UsageError(f"{where} --backend {args.backend} is an index file's library, for "
                          "SQLite databases; on PostgreSQL the index is pgvector's, in the "
                          "database: drop --backend")

@@ -162,6 +162,8 @@ def build_parser(prog: str = "embeddable-db") -> Parser:
                        "given without --data-dir, only these")
     serve.add_argument("--data-dir", type=folder, default=None,
                        help="folder holding the databases (default: $EMBEDDABLE_DB_HOME or ./data)")
+    serve.add_argument("--database-url", type=database_url, default=None, metavar="URL",
+                       help=URL_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=positive_int, default=8001, help="port (default: 8001)")
     serve.add_argument("--open", action="store_true", help="open the page in a browser")

@@ -152,6 +152,13 @@ def _apply(src: Any, dst: Any, spec: TableSpec, mine: dict[int, tuple], found: d
                                 "VALUES (?, ?)", pairs)
     except dst._dialect.integrity_error as exc:
         raise InvalidInputError(f"table {table}: PostgreSQL refused a row: {exc}") from exc
+    except InvalidInputError as exc:  # a value PostgreSQL cannot take: name the row
+        rows = [rid for rid in [*changed, *new] if any(
+            isinstance(v, str) and "\x00" in v for v in mine[rid][0])]
+        which = (f"row {rows[0]} holds text with NUL characters, which PostgreSQL cannot store"
+                 if rows else f"a row with id in {min(mine)}..{max(mine)}: {exc}")
+        raise InvalidInputError(f"table {table}: {which}; fix it in SQLite and migrate again "
+                                "(the rows before it are copied)") from exc
     if new:
         _advance_ids(src, dst, spec)
 

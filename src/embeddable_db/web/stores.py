@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..cli import hits as hits_out
-from ..cli.stores import choose_models, find_targets
+from ..cli.stores import choose_models, find_targets, store_size
 from ..databases import REGISTRY
 from .views import DatabaseView, NotFound, table_views
 
@@ -32,13 +32,20 @@ class Stores:
     given files, open read-only until ``close`` (each behind a view: ``views.py``)."""
 
     def __init__(self, data_dir: Path | None = None, files: Sequence[str] = (), *,
-                 model_backend: str = "onnx", model: str | None = None):
+                 model_backend: str = "onnx", model: str | None = None, url: str | None = None):
+        """``url``: the six databases on PostgreSQL (those whose schema is there) instead of
+        ``data_dir``'s files."""
         self.views: dict[str, DatabaseView] = {}
-        if data_dir is not None:
+        self.url = None
+        if data_dir is not None or url is not None:
             args = argparse.Namespace(db=list(REGISTRY), data_dir=data_dir, backend=None,
-                                      model=model, model_backend=model_backend,
+                                      model=model, model_backend=model_backend, database_url=url,
                                       command="serve", prog="embeddable-db")
             targets = [t for t in find_targets(args) if t.exists]
+            if url is not None:  # for the banner, its password hidden
+                from ..databases.postgres import shown
+
+                self.url = shown(url)
             models = choose_models(args, targets)
             for target in targets:
                 self.views[target.name] = DatabaseView(target, args, models[target.name])
@@ -148,9 +155,9 @@ class Stores:
             fields, key = view.record(kind, rid)
             db = view.store
             vector = db.get_vector(key)
-            row = db.conn.execute(f"SELECT model, embedding_version, updated_at FROM "
-                                  f"{db.embedding_table} WHERE record_id = ? AND deleted = 0",
-                                  (key,)).fetchone()
+            sql, live = vector_sql(db)
+            row = sql.execute(f"SELECT model, embedding_version, updated_at FROM "
+                              f"{db.embedding_table} WHERE record_id = ?{live}", (key,)).fetchone()
             state = {"vector": "yes" if vector is not None else "missing",
                      "model": row[0] if row else None, "version": row[1] if row else None,
                      "updated": row[2] if row else None,
@@ -183,8 +190,9 @@ class Stores:
         with self.lock:
             for name, view in self.views.items():
                 db = view.store
-                keys = [k for (k,) in db.conn.execute(
-                    f"SELECT record_id FROM {db.embedding_table} WHERE deleted = 0")]
+                sql, live = vector_sql(db)
+                keys = [k for (k,) in sql.execute(
+                    f"SELECT record_id FROM {db.embedding_table} WHERE TRUE{live}")]
                 if not keys:
                     continue
                 rng = np.random.default_rng(seed)
@@ -231,7 +239,17 @@ def plan_counts(plan: Any) -> dict[str, int]:
             "orphaned": n(counts.get("orphaned", 0))}
 
 
+def vector_sql(db: Any) -> tuple[Any, str]:
+    """(what runs ``?`` SQL on a store's connection, the condition of a live vector row): on
+    SQLite removed vectors are soft-deleted rows; PostgreSQL deletes them."""
+    if getattr(db, "url", None) is not None:
+        return db._sql, ""
+    return db.conn, " AND deleted = 0"
+
+
 def index_size(db: Any) -> int:
+    if getattr(db, "url", None) is not None:  # PostgreSQL: the table with its indexes
+        return store_size(db)
     path = getattr(db, "index_path", None)
     try:
         return Path(path).stat().st_size if path else 0

@@ -310,3 +310,25 @@ def test_a_record_postgresql_cannot_store_is_named_and_the_other_databases_still
     assert not report.ok and information.ok
     assert "table info: row 2 holds text with NUL characters" in info.error
     assert "fix it in SQLite and migrate again" in info.error
+
+
+@pytest.mark.parametrize("stop_after, kept", [(4, (4, 0)), (20, (15, 8))])  # records, vectors
+def test_an_interrupted_migration_keeps_its_pages_collides_with_no_add_and_finishes(
+        data_dir, pg_url, stop_after, kept):
+    with BotDB(data_dir=data_dir, model_name=MODEL) as bots:
+        for i in range(12):
+            bots.add(BotRecord(name=f"bot-{i}", purpose=f"does task number {i}"))
+
+    def interrupt(name, done, total):
+        if done >= stop_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        migrate(data_dir, pg_url, ["bot"], progress=interrupt, page_size=4)
+    with BotDB(url=pg_url, model_name=MODEL) as bots:
+        assert (bots.count(), bots.embedding_count()) == kept  # pages of 4 rows
+        assert bots.add(BotRecord(name="pg-bot", purpose="born on the server")) == 16
+    result = migrate(data_dir, pg_url, ["bot"], page_size=4).databases[0]
+    assert result.ok, (result.error, result.problems)
+    assert result.records.removed == 1 and result.records.seen == 15
+    assert result.vectors.copied + result.vectors.unchanged == 15

@@ -332,3 +332,26 @@ def test_an_interrupted_migration_keeps_its_pages_collides_with_no_add_and_finis
     assert result.ok, (result.error, result.problems)
     assert result.records.removed == 1 and result.records.seen == 15
     assert result.vectors.copied + result.vectors.unchanged == 15
+
+
+def test_the_index_build_raises_maintenance_work_mem_for_its_own_transaction_only(
+        data_dir, pg_url, monkeypatch):
+    from embeddable_db.engine.postgres import bulk
+
+    assert migrate(data_dir, pg_url, ["bot"]).ok
+    monkeypatch.setattr(bulk, "GRAPH_BYTES_PER_ROW", 200 * 1024 * 1024)  # 3 rows: 600 MB
+    with BotDB(url=pg_url, model_name=MODEL) as bots:
+        engine = bots._engine
+
+        def setting():
+            return engine.cur.execute("SELECT current_setting('maintenance_work_mem')").fetchone()[0]
+
+        before = setting()
+        with engine.conn.transaction():
+            bulk._build_memory(engine, 64)
+            assert setting() == f"{3 * (4 * 64 + 200 * 1024 * 1024) // 1024 + 1}kB"
+        assert setting() == before == "64MB"
+        monkeypatch.setattr(bulk, "GRAPH_BYTES_PER_ROW", 1024 ** 3)  # capped at 1 GiB
+        with engine.conn.transaction():
+            bulk._build_memory(engine, 64)
+            assert setting() == "1GB"

@@ -13,6 +13,7 @@ from embeddable_db import EmbeddableDBMixin, HashingEncoder
 from postgres.fixtures import (  # noqa: F401
     pg_conninfo,
     pg_database,
+    pg_replica,
     pg_schema,
     pg_url,
     postgres_server,

@@ -9,7 +9,9 @@ Which engine: ``url=`` (a ``postgresql://`` URL), else ``$EMBEDDABLE_DB_URL`` wh
 test or script that names one never lands on a shared server), else the SQLite file. A URL
 with ``path``, ``data_dir``, ``index_path`` or ``metadata_path`` is refused before anything is
 opened: those name files, which a PostgreSQL database does not have. PostgreSQL is imported
-only on that branch (``postgres.py``), so the SQLite path never imports psycopg.
+only on that branch (``postgres.py``), so the SQLite path never imports psycopg. ``read_url``
+(a hot standby for searches) is PostgreSQL's: with a SQLite file it is refused before the file
+is made; with a URL it is checked before the tables are (``engine/postgres/replica.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..engine import import_postgres
 from ..errors import EmbeddingError, InvalidInputError, ReadOnlyError
 from ..handle import connect_read_only, sqlite_error
-from ..options import StoreOptions
+from ..options import StoreOptions, refuse_read_url
 from .dialect import SQLITE
 
 if TYPE_CHECKING:
@@ -90,6 +92,7 @@ def open_database(
     url = database_url(url, path=path, data_dir=data_dir, options=options)
     if url is not None:
         return _open_postgres(db, url, options)
+    refuse_read_url(options)  # before the file is made
     db.path, index_path, metadata_path = db.resolve_paths(
         path, data_dir=data_dir, index_path=options.index_path,
         metadata_path=options.metadata_path,
@@ -113,7 +116,7 @@ def _open_postgres(db: RecordDB, url: str, options: StoreOptions) -> tuple[None,
     pg = import_postgres("embeddable_db.databases.postgres", f"{who}(url=...) opens PostgreSQL")
     pg.check_options(options, db.embedding_table)  # before connecting: a bad option changes nothing
     db.path, db.url, db.schema = None, pg.shown(url), db.name
-    db.conn = pg.connect(url, db.schema, options.read_only, who)
+    db.conn = pg.connect(url, db.schema, options.read_only, who, options.read_url)
     db._sql, db._dialect = pg.Statements(db.conn), pg.DIALECT
     try:
         _tables(db, options.read_only, lambda: pg.schema_transaction(db.conn, db.schema))

@@ -139,7 +139,7 @@ class StoreOptions:
         for name in ("index_path", "metadata_path"):
             if getattr(self, name) is not None:
                 set_(self, name, files.text_path(getattr(self, name), name))
-        set_(self, "read_wait", _read_wait(self.read_wait, self.read_url))
+        set_(self, "read_wait", _read_wait(self.read_wait))
         if self.read_url is not None and (not isinstance(self.read_url, str) or not self.read_url.strip()):
             raise InvalidInputError(
                 f"read_url must be the conninfo or postgresql:// URL of a hot standby, got "
@@ -207,17 +207,15 @@ def refuse_read_url(options: StoreOptions) -> None:
         )
 
 
-def _read_wait(value: Any, read_url: Any) -> float:
-    """``read_wait`` as seconds, 0 to ``MAX_READ_WAIT``; without ``read_url`` only the default."""
+def _read_wait(value: Any) -> float:
+    """``read_wait`` as seconds, 0 to ``MAX_READ_WAIT`` (unused without a ``read_url``, which
+    ``$EMBEDDABLE_DB_READ_URL`` may give a database after its options are checked)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
         0 <= value <= MAX_READ_WAIT  # NaN fails this too
     ):
         raise InvalidInputError(
             f"read_wait must be a number of seconds from 0 to {MAX_READ_WAIT:g}, got {value!r}"
         )
-    if read_url is None and value != DEFAULT_READ_WAIT:
-        raise InvalidInputError("read_wait is how long a search waits for the read_url standby: "
-                                "give read_url too, or leave read_wait out")
     return float(value)
 
 

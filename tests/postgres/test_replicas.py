@@ -192,7 +192,7 @@ def test_a_stopped_standby_is_a_warning_once_and_comes_back(
 ):
     monkeypatch.setattr(replica, "RETRY_SECONDS", 0.3)
     primary, standby = pair
-    store = open_store(primary, read_url=standby)
+    store = open_store(primary, read_url=standby, read_wait=5.0)
     vectors = unit_vectors(6, DIM, seed=5)
     add(store, vectors[:1])
     assert found(store, vectors[0])[0] == "0"
@@ -242,8 +242,6 @@ def test_a_read_url_that_is_not_a_standby_of_the_store_is_refused(
     assert tables(primary) == 0 and tables(pg_conninfo) == 0  # nothing was created
     with pytest.raises(InvalidInputError, match="read_wait must be"):
         open_store(primary, read_url=standby, read_wait=-1)
-    with pytest.raises(InvalidInputError, match="give read_url too"):
-        open_store(primary, read_wait=1)
     with pytest.raises(InvalidInputError, match="read_url must be"):
         open_store(primary, read_url=" ")
 
@@ -258,15 +256,39 @@ def test_the_six_databases_take_read_url_and_sqlite_refuses_it(pg_replica, tmp_p
     with pytest.raises(InvalidInputError, match="SQLite database"):
         BotDB(tmp_path / "bots.db", read_url=standby_url, encoder=HashingEncoder(32))
     assert list(tmp_path.iterdir()) == []  # refused before the file was made
-    with BotDB(url=url, read_url=standby_url, encoder=HashingEncoder(32)) as db:
+    with BotDB(url=url, read_url=standby_url, read_wait=5, encoder=HashingEncoder(32)) as db:
         before = db._engine.standby.answered
         record_id = db.add(BotRecord(name="replica-tested ranker", purpose="orders search hits"))
         hits = db.search("replica-tested ranker", top_k=1)
         assert hits[0].record_id == record_id and hits[0].record.name == "replica-tested ranker"
         assert db._engine.standby.answered > before
+    with BotDB(url=url, read_url=standby_url, read_wait=0.05, encoder=HashingEncoder(32)) as db:
         with replay_paused(pg_replica):
             other = db.add(BotRecord(name="written while paused"))
             assert db.search("written while paused", top_k=1, mode="keyword")[0].record_id == other
+    with BotDB(url=url, read_url=standby_url, read_wait=5, read_only=True,
+               encoder=HashingEncoder(32)) as reader:
+        assert reader.search("replica-tested ranker", top_k=1)[0].record_id == record_id
+        assert reader._engine.standby.answered > 0
+
+
+def test_a_database_opened_by_the_environment_searches_its_standby(pg_replica, monkeypatch, tmp_path):
+    name = pg_replica.database()
+    url, standby_url = pg_replica.primary.url(name), pg_replica.standby.url(name)
+    monkeypatch.setenv("EMBEDDABLE_DB_URL", url)
+    monkeypatch.setenv("EMBEDDABLE_DB_READ_URL", standby_url)
+    with BotDB(encoder=HashingEncoder(32), read_wait=5) as db:
+        record_id = db.add(BotRecord(name="env ranker"))
+        before = db._engine.standby.answered
+        assert db.search("env ranker", top_k=1)[0].record_id == record_id
+        assert db._engine.standby.answered > before
+    with BotDB(url=url, encoder=HashingEncoder(32)) as db:  # a URL of its own: no standby
+        assert not hasattr(db._engine, "standby")
+    with BotDB(tmp_path / "bots.db", encoder=HashingEncoder(32)) as db:  # a file: no standby
+        assert db.path is not None and not hasattr(db._engine, "standby")
+    monkeypatch.setenv("EMBEDDABLE_DB_READ_URL", "host=x bogus_option=1")
+    with pytest.raises(InvalidInputError, match=r"\$EMBEDDABLE_DB_READ_URL: read_url is not a libpq"):
+        BotDB(encoder=HashingEncoder(32))
 
 
 def test_the_sqlite_mixin_refuses_read_url(tmp_path):

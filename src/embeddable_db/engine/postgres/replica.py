@@ -55,7 +55,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from ...errors import EmbeddingError, InvalidInputError
-from ...options import DEFAULT_READ_WAIT, StoreOptions
+from ...options import StoreOptions
 from .engine import PostgresEngine
 
 log = logging.getLogger(__name__)
@@ -272,9 +272,7 @@ class ReplicatedEngine(PostgresEngine):
     def __init__(self, conn: psycopg.Connection, *, options: StoreOptions, **keywords: Any) -> None:
         check_read_url(options)
         primary = Primary.of(conn)  # a read: nothing is written before the standby is checked
-        self._reads = dataclasses.replace(
-            options, read_only=True, read_url=None, read_wait=DEFAULT_READ_WAIT
-        )
+        self._reads = dataclasses.replace(options, read_only=True, read_url=None)
         self._keywords = keywords
         self.standby = Standby(options.read_url, options.read_wait, primary, self._standby_engine)
         self.standby.connect()

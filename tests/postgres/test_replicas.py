@@ -9,6 +9,7 @@ is found by a search of the primary and not by one of the standby.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextlib import contextmanager
 
@@ -140,6 +141,28 @@ def test_a_write_then_a_search_sees_it_on_the_standby(pg_replica, pair, open_sto
     assert answered(store) - before > 15
 
 
+def test_threads_sharing_a_store_each_see_their_own_writes(pair, open_store):
+    primary, standby = pair
+    store = open_store(primary, read_url=standby, read_wait=5.0)
+    vectors = unit_vectors(40, DIM, seed=8)
+    missed: list[str] = []
+
+    def work(offset: int) -> None:
+        for i in range(offset, 40, 2):
+            add(store, [vectors[i]], start=i)
+            if found(store, vectors[i])[0] != str(i):
+                missed.append(str(i))
+
+    threads = [threading.Thread(target=work, args=(offset,)) for offset in (0, 1)]
+    before = answered(store)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert missed == [] and store.embedding_count() == 40
+    assert answered(store) - before >= 40
+
+
 def test_with_replay_paused_a_search_after_a_write_asks_the_primary(pg_replica, pair, open_store):
     primary, standby = pair
     store = open_store(primary, read_url=standby, read_wait=1.0)
@@ -196,7 +219,7 @@ def test_a_stopped_standby_is_a_warning_once_and_comes_back(
     vectors = unit_vectors(6, DIM, seed=5)
     add(store, vectors[:1])
     assert found(store, vectors[0])[0] == "0"
-    caplog.set_level(logging.WARNING, logger=replica.__name__)
+    caplog.set_level(logging.INFO, logger=replica.__name__)
     pg_replica.standby.stop()
     try:
         for i in range(1, 4):  # a search, then a write and a search, with no standby

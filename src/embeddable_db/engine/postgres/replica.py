@@ -7,20 +7,22 @@ streaming standby, while every write, every backfill decision (``states_of``, ``
 ``last_seq``: snapshot horizons of the primary) and every upkeep call stays on the primary.
 
 **Read-your-writes: wait, then fall back.** After each commit of this process (any store of
-it on the same primary server) the primary's WAL position is remembered (``pg_current_wal_lsn()``,
-which covers the commit once it returned; the insert position under ``synchronous_commit =
-off``, whose commits return before they are written), and so is the position when the store
-opened. A search first asks the standby how far it has replayed (``pg_last_wal_replay_lsn()``);
-when it is behind that position it polls for up to ``read_wait`` seconds (default 0.2: a
-healthy standby replays a commit in milliseconds, and waiting longer than the primary takes to
-answer gains nothing) and otherwise the search runs on the primary. A wait that ran out is not
-repeated: until the standby is found caught up (one look per search, no waiting), searches go
-straight to the primary, so a lagging or paused standby costs one round trip, not
-``read_wait``, per search. Without a new commit there is nothing to wait for, and no look is
-taken. So a search sees everything this process committed, and everything committed anywhere
-before the store opened; another process's later commits are seen once the standby has
-replayed them (the usual replication lag). A search inside an open transaction on the store's
-connection runs on the primary: only there does it see the transaction's own writes.
+it on the same primary server) the primary's WAL position is remembered, and so is the
+position when the store opened: ``pg_current_wal_flush_lsn()``, which a commit has reached
+once it returned and which is exactly what the primary streams to its standbys (the write
+or insert position may be ahead of it until the next flush); under ``synchronous_commit =
+off``, whose commits return before they are flushed, the insert position. A search first
+asks the standby how far it has replayed (``pg_last_wal_replay_lsn()``); when it is behind
+that position it polls for up to ``read_wait`` seconds (default 0.2: a healthy standby
+replays a commit in milliseconds, and waiting longer than the primary takes to answer gains
+nothing) and otherwise the search runs on the primary. A wait that ran out is not repeated:
+until the standby is found caught up (one look per search, no waiting), searches go straight
+to the primary, so a lagging or paused standby costs one round trip, not ``read_wait``, per
+search. Without a new commit there is nothing to wait for, and no look is taken. So a search
+sees everything this process committed, and everything committed anywhere before the store
+opened; another process's later commits are seen once the standby has replayed them (the
+usual replication lag). A search inside an open transaction on the store's connection runs
+on the primary: only there does it see the transaction's own writes.
 
 **A standby that fails is never an error.** Unreachable at open, lost mid-search (the server
 stopped, the connection broken), or cancelling a query (a recovery conflict): the search runs
@@ -66,7 +68,7 @@ _POLL_FIRST, _POLL_MAX = 0.001, 0.02  # seconds between looks while waiting (dou
 #: The primary's WAL position that covers this session's last commit (see the docstring).
 _COMMITTED_LSN = (
     "SELECT (CASE current_setting('synchronous_commit') WHEN 'off' "
-    "THEN pg_current_wal_insert_lsn() ELSE pg_current_wal_lsn() END)::text"
+    "THEN pg_current_wal_insert_lsn() ELSE pg_current_wal_flush_lsn() END)::text"
 )
 _SERVER = (
     "SELECT (SELECT system_identifier FROM pg_control_system())::text, current_database(), "
@@ -216,7 +218,7 @@ class Standby:
             return None
         if self.down:
             self.down = False
-            log.warning("standby %s answers again: searches go to it", shown(self.url))
+            log.info("standby %s answers again: searches go to it", shown(self.url))
         return self.engine
 
     def _caught_up(self, target: int) -> bool:

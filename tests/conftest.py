@@ -13,6 +13,7 @@ from embeddable_db import EmbeddableDBMixin, HashingEncoder
 from postgres.fixtures import (  # noqa: F401
     pg_conninfo,
     pg_database,
+    pg_replica,
     pg_schema,
     pg_url,
     postgres_server,
@@ -26,6 +27,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 # A URL in the shell that runs the tests would send every database a test opens without a
 # file to that server: the tests (and the processes they start) choose their engine themselves.
 os.environ.pop("EMBEDDABLE_DB_URL", None)
+os.environ.pop("EMBEDDABLE_DB_READ_URL", None)
 
 
 class CountingEncoder(HashingEncoder):

@@ -42,7 +42,8 @@ from embeddable_db.options import (
 
 OPTIONS = (
     "backend", "index_path", "metadata_path", "model_name", "embedding_version", "encoder",
-    "index_type", "index_options", "allow_model_change", "model_backend", "read_only",
+    "index_type", "index_options", "allow_model_change", "model_backend", "read_only", "read_url",
+    "read_wait",
 )
 
 

@@ -105,7 +105,7 @@ NAMES = {
     "BotDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
         "embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, index_options=None, "
-        "allow_model_change=False, model_backend='torch', read_only=False)"
+        "allow_model_change=False, model_backend='torch', read_only=False, read_url=None, read_wait=0.2)"
     ),
     "BotRecord": (
         "class(name, type_='', tasks=<factory>, parent_id='', dependencies=<factory>, "
@@ -121,7 +121,7 @@ NAMES = {
     "EmbeddableDBMixin": (
         "class(*, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
         "embedding_version=1, encoder=None, index_type=None, index_options=None, "
-        "allow_model_change=False, model_backend='torch', read_only=False)"
+        "allow_model_change=False, model_backend='torch', read_only=False, read_url=None, read_wait=0.2)"
     ),
     "EmbeddingError": "exception",
     "EncodingError": "exception",
@@ -135,12 +135,12 @@ NAMES = {
     "EnhancementDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
         "embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, index_options=None, "
-        "allow_model_change=False, model_backend='torch', read_only=False)"
+        "allow_model_change=False, model_backend='torch', read_only=False, read_url=None, read_wait=0.2)"
     ),
     "ErrorDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
         "embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, index_options=None, "
-        "allow_model_change=False, model_backend='torch', read_only=False)"
+        "allow_model_change=False, model_backend='torch', read_only=False, read_url=None, read_wait=0.2)"
     ),
     "ErrorRecord": (
         "class(message, type_='', description='', resolution='', category='', cause='', frequency=1, "
@@ -151,12 +151,12 @@ NAMES = {
     "InfoDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
         "embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, index_options=None, "
-        "allow_model_change=False, model_backend='torch', read_only=False)"
+        "allow_model_change=False, model_backend='torch', read_only=False, read_url=None, read_wait=0.2)"
     ),
     "InformationDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
         "embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, index_options=None, "
-        "allow_model_change=False, model_backend='torch', read_only=False)"
+        "allow_model_change=False, model_backend='torch', read_only=False, read_url=None, read_wait=0.2)"
     ),
     "InformationRecord": (
         "class(data_type, source_url='', date_collected=<factory>, summary='', validated=False, "
@@ -200,7 +200,7 @@ NAMES = {
     "WorkflowDB": (
         "class(path=None, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
         "embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, index_options=None, "
-        "allow_model_change=False, model_backend='torch', read_only=False)"
+        "allow_model_change=False, model_backend='torch', read_only=False, read_url=None, read_wait=0.2)"
     ),
     "WorkflowRecord": (
         "class(workflow=<factory>, title='', description='', task_sequence=<factory>, tags=<factory>, "
@@ -269,7 +269,7 @@ MIXIN = {
     "__init__": (
         "method(self, *, backend='annoy', index_path=None, metadata_path=None, model_name=None, "
         "embedding_version=1, encoder=None, index_type=None, index_options=None, "
-        "allow_model_change=False, model_backend='torch', read_only=False)"
+        "allow_model_change=False, model_backend='torch', read_only=False, read_url=None, read_wait=0.2)"
     ),
     "add_embedding": "method(self, record_id, record, kind, *, source_id='')",
     "add_embeddings": "method(self, items, *, batch_size=100, source_ids=None)",
@@ -318,7 +318,8 @@ RECORD_DB = {
     "__init__": (
         "method(self, path=None, *, backend='annoy', index_path=None, metadata_path=None, "
         "model_name=None, embedding_version=1, encoder=None, data_dir=None, url=None, index_type=None, "
-        "index_options=None, allow_model_change=False, model_backend='torch', read_only=False)"
+        "index_options=None, allow_model_change=False, model_backend='torch', read_only=False, "
+        "read_url=None, read_wait=0.2)"
     ),
     "add": "method(self, record)",
     # tracked changes (tables/tracking.py), as TableStore's

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -48,6 +49,10 @@ PGVECTOR = "pgvector"
 #: ``ef_construction`` shape the index (pgvector's own defaults 16 and 64), ``ef_search`` is
 #: the candidate list a search keeps (``hnsw.ef_search``; our default is in the engine).
 PGVECTOR_SETTINGS = {"m": (2, 100), "ef_construction": (4, 1000), "ef_search": (1, 1000)}
+#: ``read_wait``'s default and bound, in seconds: a healthy standby replays a commit in
+#: milliseconds, and a search waiting longer than the primary takes to answer gains nothing.
+DEFAULT_READ_WAIT = 0.2
+MAX_READ_WAIT = 60.0
 
 
 class _DefaultBackend(str):
@@ -93,6 +98,12 @@ class StoreOptions:
     model_backend: str = "torch"
     #: Write nothing at all; every write raises ``ReadOnlyError``.
     read_only: bool = False
+    #: PostgreSQL only: a hot standby of the database (a libpq conninfo or ``postgresql://``
+    #: URL); searches go there, writes to the primary (``engine/postgres/replica.py``).
+    read_url: str | None = None
+    #: Seconds a search waits for the standby to replay this process's last commit before it
+    #: asks the primary instead (0: never wait).
+    read_wait: float = DEFAULT_READ_WAIT
 
     #: The backend class and the settings it is built with (``index_type`` included); for
     #: ``pgvector`` no class (the index is the database's) and the checked HNSW settings.
@@ -128,6 +139,12 @@ class StoreOptions:
         for name in ("index_path", "metadata_path"):
             if getattr(self, name) is not None:
                 set_(self, name, files.text_path(getattr(self, name), name))
+        set_(self, "read_wait", _read_wait(self.read_wait))
+        if self.read_url is not None and (not isinstance(self.read_url, str) or not self.read_url.strip()):
+            raise InvalidInputError(
+                f"read_url must be the conninfo or postgresql:// URL of a hot standby, got "
+                f"{type(self.read_url).__name__} {self.read_url!r:.60}"
+            )
 
     @classmethod
     def from_keywords(cls, keywords: Mapping[str, Any], where: str) -> StoreOptions:
@@ -175,8 +192,31 @@ class StoreOptions:
                 "backend 'pgvector' is the PostgreSQL engine's: set self.conn to a psycopg "
                 "connection to use it, or choose 'annoy' or 'faiss' for a SQLite database"
             )
+        refuse_read_url(self)
         index, meta = store_paths(db_file, table, self.index_path, self.metadata_path)
         return dataclasses.replace(self, index_path=index, metadata_path=meta)
+
+
+def refuse_read_url(options: StoreOptions) -> None:
+    """A SQLite database has no standby: ``read_url`` there is refused (before it is opened)."""
+    if options.read_url is not None:
+        raise InvalidInputError(
+            "read_url names a PostgreSQL hot standby, and this store is a SQLite database: "
+            "leave read_url out, or open the database on PostgreSQL (url=, or a psycopg "
+            "connection as self.conn)"
+        )
+
+
+def _read_wait(value: Any) -> float:
+    """``read_wait`` as seconds, 0 to ``MAX_READ_WAIT`` (unused without a ``read_url``, which
+    ``$EMBEDDABLE_DB_READ_URL`` may give a database after its options are checked)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+        0 <= value <= MAX_READ_WAIT  # NaN fails this too
+    ):
+        raise InvalidInputError(
+            f"read_wait must be a number of seconds from 0 to {MAX_READ_WAIT:g}, got {value!r}"
+        )
+    return float(value)
 
 
 def _known_backend(name: Any) -> type[VectorIndex]:

@@ -6,6 +6,10 @@ with the reason, it never skips them. ``pg_schema`` gives each test its own new 
 one session database, and ``pg_conninfo`` a connection string whose ``search_path`` is that
 schema (then ``public``, where the vector extension lives); ``pg_url`` is a URL of a new
 database (the six databases' ``url=``).
+
+``pg_replica`` is a primary with a streaming hot standby, one pair per test module that asks
+for it: a server of its own rather than the session's, which by then holds every database the
+other tests made (a base backup copies them all) and whose every test would be replayed.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from .server import LocalPostgres
+from .server import LocalPostgres, LocalStandby
 
 
 @dataclass(frozen=True)
@@ -76,3 +80,50 @@ def pg_url(postgres_server) -> str:
     extension installed), for the six databases, which each take a schema named after
     themselves: a test of its own database keeps them apart (~40 ms to make)."""
     return postgres_server.url(postgres_server.create_database())
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A primary and its hot standby; ``database()`` makes a database on the primary and waits
+    until the standby has it too."""
+
+    primary: LocalPostgres
+    standby: LocalStandby
+
+    def database(self) -> str:
+        import psycopg
+
+        name = self.primary.create_database()
+        with psycopg.connect(self.primary.conninfo("postgres"), autocommit=True) as conn:
+            (position,) = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+        self.wait_replayed(position)
+        return name
+
+    def wait_replayed(self, position, timeout: float = 30.0) -> None:
+        """Wait until the standby has replayed the primary's WAL up to ``position``."""
+        import time
+
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.standby.conninfo("postgres"), autocommit=True) as conn:
+            while not conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                                   (str(position),)).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the standby did not replay {position} in {timeout} s")
+                time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def pg_replica():
+    primary = LocalPostgres()
+    try:
+        primary.start()
+        standby = primary.start_standby()
+    except Exception as exc:
+        primary.stop()
+        pytest.fail(f"the PostgreSQL primary and standby did not start: {exc}", pytrace=False)
+    try:
+        yield Replica(primary, standby)
+    finally:
+        primary.stop()

@@ -14,6 +14,14 @@ No network and nothing touched outside one temporary folder this module makes an
 
 Durability settings are off (``fsync``, ``full_page_writes``): the tests kill clients, not the
 server, and a clean shutdown writes everything anyway.
+
+``start_standby()`` adds a hot standby streaming from the server (``LocalStandby``): copied by
+``pg_basebackup -R`` (which writes ``standby.signal`` and the ``primary_conninfo`` of the
+primary's socket) into a folder of its own inside ours, with its own socket, run as the same
+unprivileged user and stopped by its pid; it can be stopped and started again (a standby that
+goes down and comes back). The primary streams with its defaults (``wal_level = replica``,
+``max_wal_senders = 10``), given explicitly; ``initdb --auth=trust`` allows replication
+connections on the socket (``local replication all trust``).
 """
 
 from __future__ import annotations
@@ -32,9 +40,10 @@ from pathlib import Path
 
 START_TIMEOUT_SECONDS = 30
 STOP_TIMEOUT_SECONDS = 30
-#: The binaries the tests run (pg_basebackup: a streaming replica, later).
+#: The binaries the tests run (pg_basebackup: a streaming standby).
 BINARIES = ("initdb", "postgres", "pg_basebackup")
 UNPRIVILEGED_USER = "nobody"
+_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
 
 
 class ServerError(RuntimeError):
@@ -54,14 +63,16 @@ def _package_dir() -> Path:
 class LocalPostgres:
     """One server in its own temporary folder; ``start()`` it, ``stop()`` it by pid."""
 
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="edb-pg-"))
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root if root is not None else Path(tempfile.mkdtemp(prefix="edb-pg-"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "sock"
         self.log_path = self.root / "server.log"
         self.port = 5432  # only names the socket file, inside our folder
         self.process: subprocess.Popen | None = None
         self.start_seconds: float | None = None
+        self.standbys: list[LocalStandby] = []
+        self._bin_dir: Path | None = None
         self._user = pwd.getpwnam(UNPRIVILEGED_USER) if os.geteuid() == 0 else None
 
     # -- setting up ------------------------------------------------------------------------
@@ -93,30 +104,38 @@ class LocalPostgres:
             if self._user is not None:
                 os.chown(path, self._user.pw_uid, self._user.pw_gid)
 
+    def _create(self) -> None:
+        """The data folder, made once: the wheel's server installed, then ``initdb``."""
+        if self._user is not None:
+            self.root.chmod(0o755)  # our own folder: the server user may enter it
+        self._bin_dir = self._install()
+        self._own(self.data, self.socket_dir)
+        self._run([str(self._bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                   "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync",
+                   "--no-instructions"], "initdb")
+
+    def _run(self, command: list[str], what: str) -> None:
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=_ENV, timeout=START_TIMEOUT_SECONDS,
+            cwd=self.root, **self._run_as(),
+        )
+        if done.returncode != 0:
+            raise ServerError(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
     def start(self) -> LocalPostgres:
+        """Start the server (made first when new; a stopped one starts again)."""
         started = time.perf_counter()
         try:
-            if self._user is not None:
-                self.root.chmod(0o755)  # our own folder: the server user may enter it
-            bin_dir = self._install()
-            self._own(self.data, self.socket_dir)
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
-            init = subprocess.run(
-                [str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres",
-                 "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync",
-                 "--no-instructions"],
-                capture_output=True, text=True, env=env, timeout=START_TIMEOUT_SECONDS,
-                cwd=self.root, **self._run_as(),
-            )
-            if init.returncode != 0:
-                raise ServerError(f"initdb failed ({init.returncode}):\n{init.stderr[-3000:]}")
-            with open(self.log_path, "wb") as log:
+            if self._bin_dir is None:
+                self._create()
+            with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(
-                    [str(bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                    [str(self._bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port),
                      "-c", "listen_addresses=", "-c", f"unix_socket_directories={self.socket_dir}",
                      "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200",
-                     "-c", "shared_buffers=64MB"],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                     "-c", "shared_buffers=64MB", "-c", "wal_level=replica",
+                     "-c", "max_wal_senders=10", "-c", "hot_standby=on"],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_ENV,
                     cwd=self.root, start_new_session=True, **self._run_as(),
                 )
             self._wait_ready()
@@ -125,6 +144,12 @@ class LocalPostgres:
             raise
         self.start_seconds = time.perf_counter() - started
         return self
+
+    def start_standby(self, name: str = "standby") -> LocalStandby:
+        """A hot standby of this (running) server, streaming from it, started; stopped with it."""
+        standby = LocalStandby(self, name)
+        self.standbys.append(standby)
+        return standby.start()
 
     def _wait_ready(self) -> None:
         import psycopg
@@ -180,9 +205,8 @@ class LocalPostgres:
         return name
 
     # -- stopping ------------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Stop the server by its pid (fast shutdown; SIGKILL after the timeout) and delete
-        the folder. Safe to call twice."""
+    def _halt(self) -> None:
+        """Stop the server process by its pid (fast shutdown; SIGKILL after the timeout)."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             os.kill(process.pid, signal.SIGINT)  # fast shutdown: ends sessions, checkpoints
@@ -191,4 +215,34 @@ class LocalPostgres:
             except subprocess.TimeoutExpired:
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait(STOP_TIMEOUT_SECONDS)
+
+    def stop(self) -> None:
+        """Stop the standbys, then the server, and delete the folder. Safe to call twice."""
+        for standby in self.standbys:
+            standby.stop()
+        self._halt()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class LocalStandby(LocalPostgres):
+    """A hot standby of a ``LocalPostgres``, in a folder inside the primary's: the primary's
+    binaries, a ``pg_basebackup -R`` copy of its data, its own socket. ``stop()`` stops the
+    process only (``start()`` starts it again); the folder goes with the primary's."""
+
+    def __init__(self, primary: LocalPostgres, name: str) -> None:
+        if primary.process is None or primary._bin_dir is None:
+            raise ServerError("start the primary before its standby")
+        (primary.root / name).mkdir(mode=0o755)
+        super().__init__(primary.root / name)
+        self.primary = primary
+
+    def _create(self) -> None:
+        self._bin_dir = self.primary._bin_dir
+        self._own(self.data, self.socket_dir)
+        self._run([str(self._bin_dir / "pg_basebackup"), "-D", str(self.data), "-R",
+                   "-X", "stream", "-c", "fast", "--no-sync", "-h", str(self.primary.socket_dir),
+                   "-p", str(self.primary.port), "-U", "postgres"], "pg_basebackup")
+
+    def stop(self) -> None:
+        """Stop the standby by its pid (its folder stays, for ``start()``). Safe to call twice."""
+        self._halt()

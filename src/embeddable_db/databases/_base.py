@@ -89,16 +89,16 @@ class RecordDB(ChangeTracking, EmbeddableDBMixin):
     ) -> None:
         """``url`` (``postgresql://...``, default ``$EMBEDDABLE_DB_URL`` when neither ``path``
         nor ``data_dir`` is given) opens the database on PostgreSQL, in the schema named after
-        it. ``read_only=True`` writes nothing at all (SQLite: the file opened with ``mode=ro``,
-        no folder, table, index, metadata or lock file); every write raises ``ReadOnlyError``.
-        A writable SQLite open installs the triggers that record changes (``changes.py``).
+        it; ``read_url`` (default ``$EMBEDDABLE_DB_READ_URL`` with ``$EMBEDDABLE_DB_URL``) names
+        a hot standby its searches go to. ``read_only=True`` writes nothing at all (SQLite:
+        the file opened with ``mode=ro``, no folder, table, index, metadata or lock file);
+        every write raises ``ReadOnlyError``. A writable SQLite open installs the triggers
+        that record changes (``changes.py``).
         The other keywords are ``StoreOptions``' fields, all checked before anything is opened."""
         options = StoreOptions.from_keywords(keywords, "RecordDB.__init__")
-        index_path, metadata_path = opening.open_database(self, path, data_dir, url, options)
+        opened = opening.open_database(self, path, data_dir, url, options)
         try:
-            super().__init__(
-                **options.keywords(index_path=index_path, metadata_path=metadata_path)
-            )
+            super().__init__(**options.keywords(**opened))
             self._log = open_change_log(self, RecordDB)
         except BaseException as exc:  # e.g. a read-only file opened to write
             self.conn.close()

@@ -9,11 +9,15 @@ Which engine: ``url=`` (a ``postgresql://`` URL), else ``$EMBEDDABLE_DB_URL`` wh
 test or script that names one never lands on a shared server), else the SQLite file. A URL
 with ``path``, ``data_dir``, ``index_path`` or ``metadata_path`` is refused before anything is
 opened: those name files, which a PostgreSQL database does not have. PostgreSQL is imported
-only on that branch (``postgres.py``), so the SQLite path never imports psycopg.
+only on that branch (``postgres.py``), so the SQLite path never imports psycopg. ``read_url``
+(a hot standby for searches) is PostgreSQL's: with a SQLite file it is refused before the file
+is made; with a URL it is checked before the tables are (``engine/postgres/replica.py``). A
+database opened by ``$EMBEDDABLE_DB_URL`` takes its ``read_url`` from ``$EMBEDDABLE_DB_READ_URL``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sqlite3
@@ -25,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 from ..engine import import_postgres
 from ..errors import EmbeddingError, InvalidInputError, ReadOnlyError
 from ..handle import connect_read_only, sqlite_error
-from ..options import StoreOptions
+from ..options import StoreOptions, refuse_read_url
 from .dialect import SQLITE
 
 if TYPE_CHECKING:
     from ._base import RecordDB
 
 URL_ENV = "EMBEDDABLE_DB_URL"
+READ_URL_ENV = "EMBEDDABLE_DB_READ_URL"
 _SCHEMES = ("postgresql://", "postgres://")
 
 
@@ -83,13 +88,19 @@ def _shown_value(value: Any) -> str:
 
 def open_database(
     db: RecordDB, path: Any, data_dir: Any, url: Any, options: StoreOptions
-) -> tuple[str | None, str | None]:
+) -> dict[str, Any]:
     """Set ``db.conn`` (what the mixin uses), ``db._sql`` (what runs the databases' ``?``
     SQL), ``db._dialect``, ``db.path`` / ``db.url`` / ``db.schema``, and create (or, read-only,
-    check) the tables. Returns the index and metadata paths (None on PostgreSQL)."""
+    check) the tables. Returns the mixin's keywords that differ from ``options``: the index
+    and metadata paths (None on PostgreSQL), and ``read_url``."""
+    given = url
     url = database_url(url, path=path, data_dir=data_dir, options=options)
     if url is not None:
-        return _open_postgres(db, url, options)
+        if given is None:
+            options = _read_url_from_environment(options)
+        _open_postgres(db, url, options)
+        return {"index_path": None, "metadata_path": None, "read_url": options.read_url}
+    refuse_read_url(options)  # before the file is made
     db.path, index_path, metadata_path = db.resolve_paths(
         path, data_dir=data_dir, index_path=options.index_path,
         metadata_path=options.metadata_path,
@@ -105,15 +116,31 @@ def open_database(
     except BaseException:
         db.conn.close()
         raise
-    return index_path, metadata_path
+    return {"index_path": index_path, "metadata_path": metadata_path}
 
 
-def _open_postgres(db: RecordDB, url: str, options: StoreOptions) -> tuple[None, None]:
+def _read_url_from_environment(options: StoreOptions) -> StoreOptions:
+    """A database opened by ``$EMBEDDABLE_DB_URL`` searches ``$EMBEDDABLE_DB_READ_URL``, its
+    standby, when set (and no ``read_url`` is given): the command line gets standby searches
+    as it gets the URL. Never with a ``url=`` or a file: a standby belongs to its primary."""
+    read_url = os.environ.get(READ_URL_ENV, "").strip()
+    if options.read_url is not None or not read_url:
+        return options
+    replica = import_postgres("embeddable_db.engine.postgres.replica", f"${READ_URL_ENV}")
+    try:
+        options = dataclasses.replace(options, read_url=read_url)
+        replica.check_read_url(options)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"${READ_URL_ENV}: {exc}") from None
+    return options
+
+
+def _open_postgres(db: RecordDB, url: str, options: StoreOptions) -> None:
     who = type(db).__name__
     pg = import_postgres("embeddable_db.databases.postgres", f"{who}(url=...) opens PostgreSQL")
     pg.check_options(options, db.embedding_table)  # before connecting: a bad option changes nothing
     db.path, db.url, db.schema = None, pg.shown(url), db.name
-    db.conn = pg.connect(url, db.schema, options.read_only, who)
+    db.conn = pg.connect(url, db.schema, options.read_only, who, options.read_url)
     db._sql, db._dialect = pg.Statements(db.conn), pg.DIALECT
     try:
         _tables(db, options.read_only, lambda: pg.schema_transaction(db.conn, db.schema))
@@ -125,7 +152,6 @@ def _open_postgres(db: RecordDB, url: str, options: StoreOptions) -> tuple[None,
     except BaseException:
         db.conn.close()
         raise
-    return None, None
 
 
 def open_error(db: RecordDB, exc: BaseException) -> EmbeddingError | None:

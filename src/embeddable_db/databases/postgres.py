@@ -35,7 +35,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from ..engine.postgres import PostgresEngine
+from ..engine.postgres import PostgresEngine, replica
 from ..errors import EmbeddingError, InvalidInputError
 from ..options import StoreOptions
 from .dialect import postgres
@@ -55,8 +55,10 @@ def shown(url: str) -> str:
 
 
 def check_options(options: StoreOptions, table: str) -> None:
-    """The engine's refusals (index files, an SQLite backend) before anything is opened."""
+    """The engine's refusals (index files, an SQLite backend, a ``read_url`` libpq cannot
+    read) before anything is opened."""
     PostgresEngine.locate(options, None, table)
+    replica.check_read_url(options)
 
 
 @functools.lru_cache(maxsize=2048)
@@ -96,13 +98,18 @@ def _value_error(exc: Exception) -> InvalidInputError:
     return InvalidInputError(f"PostgreSQL cannot take a value given: {reason}")
 
 
-def connect(url: str, schema: str, read_only: bool, who: str) -> psycopg.Connection:
-    """An autocommit connection whose ``search_path`` starts with ``schema``."""
+def connect(
+    url: str, schema: str, read_only: bool, who: str, read_url: str | None = None
+) -> psycopg.Connection:
+    """An autocommit connection whose ``search_path`` starts with ``schema``; a ``read_url``
+    that is not a standby of it is refused first, before anything is created."""
     try:
         conn = psycopg.connect(url, autocommit=True)
     except psycopg.Error as exc:
         raise EmbeddingError(f"{who} cannot connect to {shown(url)}: {exc}".rstrip()) from exc
     try:
+        if read_url is not None:
+            replica.probe(read_url, conn)
         if not read_only:
             _create_vector_extension(conn)
         (extension_schema,) = conn.execute(

@@ -21,7 +21,7 @@ is the Engine protocol's behaviour (``engine/__init__.py``), the same as the SQL
   (A sequence would hand out numbers in start order, not commit order.)
 
 Its ``index_options`` (``backend="pgvector"``): ``m``, ``ef_construction`` (the HNSW index,
-pgvector's defaults 16 and 64) and ``ef_search`` (``search.DEFAULT_EF_SEARCH``).
+pgvector's defaults 16 and 64), ``ef_search`` (``search.DEFAULT_EF_SEARCH``); ``read_url``: ``replica.py``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ from .schema import MAX_DIM, MAX_INDEXED_DIM, Names
 
 PAGE = 20_000  # keys per page of unseen_keys
 ANALYZE_AFTER = 10_000  # rows a backfill wrote before settle() refreshes the planner's stats
-_IDLE = pq.TransactionStatus.IDLE
 _STATE = "record_id, text_hash, model, embedding_version, source_id, kind, body IS NOT NULL"
 
 
@@ -85,6 +84,11 @@ class PostgresEngine:
             options = options.with_backend(PGVECTOR)
         return options
 
+    def __new__(cls, conn: Any, *, options: StoreOptions, **_: Any) -> PostgresEngine:
+        """With ``read_url``: the engine whose searches go to that standby (``replica.py``)."""
+        from .replica import ReplicatedEngine  # a subclass of this one
+        return super().__new__(ReplicatedEngine if options.read_url and cls is PostgresEngine else cls)
+
     def __init__(
         self, conn: psycopg.Connection, *, options: StoreOptions, table: str, model_id: str,
         owner: str, has_text: bool = True,
@@ -96,7 +100,6 @@ class PostgresEngine:
         self.has_text = has_text
         self.settings = dict(options.backend_settings)
         self.ef_search = self.settings.get("ef_search", search.DEFAULT_EF_SEARCH)
-        self._owner = owner
         self._bulk_rows = 0
         self._indexed: set[int] = set()
         self.defer_index = False  # bulk.index_built_after: a missing HNSW index waits
@@ -170,7 +173,7 @@ class PostgresEngine:
             yield
 
     def in_transaction(self) -> bool:
-        return self.conn.info.transaction_status != _IDLE
+        return self.conn.info.transaction_status != pq.TransactionStatus.IDLE
 
     def write(self, rows: list[VectorRow], *, bulk: bool = False) -> None:
         if not rows:

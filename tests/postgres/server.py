@@ -13,7 +13,9 @@ No network and nothing touched outside one temporary folder this module makes an
   shutdown, then SIGKILL if it does not stop), after which the folder is removed.
 
 Durability settings are off (``fsync``, ``full_page_writes``): the tests kill clients, not the
-server, and a clean shutdown writes everything anyway.
+server, and a clean shutdown writes everything anyway. ``LocalPostgres(settings=...)`` overrides
+any server setting (the benchmarks run with ``DURABLE``: PostgreSQL's own defaults, a commit is
+on disk when it returns).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ STOP_TIMEOUT_SECONDS = 30
 #: The binaries the tests run (pg_basebackup: a streaming replica, later).
 BINARIES = ("initdb", "postgres", "pg_basebackup")
 UNPRIVILEGED_USER = "nobody"
+#: The tests' server settings: no syncing (see the module docstring).
+TEST_SETTINGS = {"fsync": "off", "full_page_writes": "off", "max_connections": "200",
+                 "shared_buffers": "64MB"}
+#: PostgreSQL's durable defaults, for figures that must include the sync at commit.
+DURABLE = {"fsync": "on", "full_page_writes": "on", "synchronous_commit": "on"}
 
 
 class ServerError(RuntimeError):
@@ -54,7 +61,9 @@ def _package_dir() -> Path:
 class LocalPostgres:
     """One server in its own temporary folder; ``start()`` it, ``stop()`` it by pid."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        """``settings``: server settings (``-c name=value``) over ``TEST_SETTINGS``."""
+        self.settings = {**TEST_SETTINGS, **(settings or {})}
         self.root = Path(tempfile.mkdtemp(prefix="edb-pg-"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "sock"
@@ -114,8 +123,8 @@ class LocalPostgres:
                 self.process = subprocess.Popen(
                     [str(bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port),
                      "-c", "listen_addresses=", "-c", f"unix_socket_directories={self.socket_dir}",
-                     "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200",
-                     "-c", "shared_buffers=64MB"],
+                     *(part for name, value in self.settings.items()
+                       for part in ("-c", f"{name}={value}"))],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                     cwd=self.root, start_new_session=True, **self._run_as(),
                 )

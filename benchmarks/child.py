@@ -4,6 +4,8 @@
     child.py open <backend> <folder> [n]  opens the store and answers one search_by_vector
                                           (then n more, for the memory figure)
     child.py raw <backend> <index file>   the library alone loads the index file and searches
+    child.py pg_open <conninfo>           opens bench_postgres's 100k store on PostgreSQL and
+                                          answers one search_by_vector
     child.py backfill <backend> <folder> <n>   backfills n text records with hash:384
     child.py notes <backend> <db file>    opens bench_scale_backfill's notes store, answers one
                                           search, then 200 more (for the memory figure)
@@ -53,6 +55,19 @@ def open_store(backend: str, folder: str, more: str = "0") -> dict:
     _more_searches(store, int(more))
     return {"answered_at": answered, "open_s": opened - started, "search_s": searched - opened,
             "torch": "torch" in sys.modules}
+
+
+def pg_open(conninfo: str) -> dict:
+    from common import PRECOMPUTED, PgStore
+
+    started = time.perf_counter()
+    store = PgStore(conninfo, model_name=PRECOMPUTED)
+    opened = time.perf_counter()
+    hits = store.search_by_vector(query(), 10)
+    searched = time.perf_counter()
+    answered = time.time()
+    assert len(hits) == 10
+    return {"answered_at": answered, "open_s": opened - started, "search_s": searched - opened}
 
 
 def _more_searches(store, n: int) -> None:
@@ -152,7 +167,7 @@ def _high_water_mb() -> float:
 
 def main() -> None:
     probe, *args = sys.argv[1:]
-    probes = {"baseline": baseline, "open": open_store, "notes": notes, "raw": raw,
+    probes = {"baseline": baseline, "open": open_store, "notes": notes, "raw": raw, "pg_open": pg_open,
               "backfill": backfill, "notes_backfill": notes_backfill,
               "notes_rebuild": notes_rebuild}
     out = probes[probe](*args)

@@ -261,6 +261,28 @@ class PrecomputedEncoder:
         return self.matrix[[int(t) for t in texts]]
 
 
+class PgStore(EmbeddableDBMixin):
+    """A store of precomputed vectors in a PostgreSQL database (``bench_postgres``): the mixin
+    over a psycopg connection in autocommit mode, as the engine recommends. It has no records
+    of its own: its vectors come from ``add_embeddings``, never from a backfill."""
+
+    def __init__(self, conninfo: str, **options) -> None:
+        import psycopg  # here, not at the top: the SQLite benchmarks never need it
+
+        self.conn = psycopg.connect(conninfo, autocommit=True)
+        try:
+            super().__init__(**options)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def embedding_text(self, record: str) -> str:
+        return record
+
+    def iter_records(self):
+        return iter(())
+
+
 def store_options(backend: str) -> dict:
     """``"annoy"``, ``"faiss"`` (flat) or ``"hnsw"`` (FAISS HNSW) as mixin keywords."""
     return {"backend": "faiss", "index_type": "hnsw"} if backend == "hnsw" else {"backend": backend}

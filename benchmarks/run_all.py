@@ -1,9 +1,10 @@
 """Run every benchmark in its own process, print their output and a summary of ratios.
 
-``make bench`` runs issue 6's benchmarks (100k vectors); ``make bench-scale`` (``--scale``)
-runs issue 12's and issue 15's at one million records. The first run embeds the real texts once (minutes);
-later runs reuse ``benchmarks/.cache/``. Exit status is non-zero when a benchmark fails (not
-when a target is missed).
+``make bench`` runs issue 6's benchmarks (100k vectors) and issue 14's PostgreSQL figures
+beside SQLite's (``bench_postgres.py``: a real server it starts and stops itself);
+``make bench-scale`` (``--scale``) runs issue 12's and issue 15's at one million records.
+The first run embeds the real texts once (minutes); later runs reuse ``benchmarks/.cache/``.
+Exit status is non-zero when a benchmark fails (not when a target is missed).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SCRIPTS = (
     "eval/score.py",
     "bench_hybrid.py",
     "bench_web.py",
+    "bench_postgres.py",
 )
 #: ``make bench-scale`` (``--scale``): issue 12's figures at 100k and 1M records.
 SCALE_SCRIPTS = (

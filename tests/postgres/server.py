@@ -13,7 +13,9 @@ No network and nothing touched outside one temporary folder this module makes an
   shutdown, then SIGKILL if it does not stop), after which the folder is removed.
 
 Durability settings are off (``fsync``, ``full_page_writes``): the tests kill clients, not the
-server, and a clean shutdown writes everything anyway.
+server, and a clean shutdown writes everything anyway. ``LocalPostgres(settings=...)`` overrides
+any server setting (the benchmarks run with ``DURABLE``: PostgreSQL's own defaults, a commit is
+on disk when it returns).
 
 ``start_standby()`` adds a hot standby streaming from the server (``LocalStandby``): copied by
 ``pg_basebackup -R`` (which writes ``standby.signal`` and the ``primary_conninfo`` of the
@@ -44,6 +46,12 @@ STOP_TIMEOUT_SECONDS = 30
 BINARIES = ("initdb", "postgres", "pg_basebackup")
 UNPRIVILEGED_USER = "nobody"
 _ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
+#: The tests' server settings: no syncing (see the module docstring), streaming allowed.
+TEST_SETTINGS = {"fsync": "off", "full_page_writes": "off", "max_connections": "200",
+                 "shared_buffers": "64MB", "wal_level": "replica", "max_wal_senders": "10",
+                 "hot_standby": "on"}
+#: PostgreSQL's durable defaults, for figures that must include the sync at commit.
+DURABLE = {"fsync": "on", "full_page_writes": "on", "synchronous_commit": "on"}
 
 
 class ServerError(RuntimeError):
@@ -63,7 +71,10 @@ def _package_dir() -> Path:
 class LocalPostgres:
     """One server in its own temporary folder; ``start()`` it, ``stop()`` it by pid."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None,
+                 settings: dict[str, str] | None = None) -> None:
+        """``settings``: server settings (``-c name=value``) over ``TEST_SETTINGS``."""
+        self.settings = {**TEST_SETTINGS, **(settings or {})}
         self.root = root if root is not None else Path(tempfile.mkdtemp(prefix="edb-pg-"))
         self.data = self.root / "data"
         self.socket_dir = self.root / "sock"
@@ -132,9 +143,8 @@ class LocalPostgres:
                 self.process = subprocess.Popen(
                     [str(self._bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port),
                      "-c", "listen_addresses=", "-c", f"unix_socket_directories={self.socket_dir}",
-                     "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200",
-                     "-c", "shared_buffers=64MB", "-c", "wal_level=replica",
-                     "-c", "max_wal_senders=10", "-c", "hot_standby=on"],
+                     *(part for name, value in self.settings.items()
+                       for part in ("-c", f"{name}={value}"))],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_ENV,
                     cwd=self.root, start_new_session=True, **self._run_as(),
                 )

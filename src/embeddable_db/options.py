@@ -118,7 +118,13 @@ class StoreOptions:
         else:
             backend_class = _known_backend(self.backend)
             set_(self, "backend_class", backend_class)
-            set_(self, "backend_settings", _backend_settings(self, backend_class))
+            try:
+                settings = _backend_settings(self, backend_class)
+            except InvalidInputError:
+                if self.backend_chosen or not _pgvector_takes(self):
+                    raise
+                settings = None  # pgvector's settings: a PostgreSQL connection's (else refused)
+            set_(self, "backend_settings", settings)
         if self.index_options is not None:  # a copy: the caller's dict may change later
             set_(self, "index_options", dict(self.index_options))
         set_(self, "embedding_version", check.check_embedding_version(self.embedding_version))
@@ -192,13 +198,21 @@ class StoreOptions:
                 "backend 'pgvector' is the PostgreSQL engine's: set self.conn to a psycopg "
                 "connection to use it, or choose 'annoy' or 'faiss' for a SQLite database"
             )
-        refuse_read_url(self)
+        refuse_postgres_only(self)
         index, meta = store_paths(db_file, table, self.index_path, self.metadata_path)
         return dataclasses.replace(self, index_path=index, metadata_path=meta)
 
 
-def refuse_read_url(options: StoreOptions) -> None:
-    """A SQLite database has no standby: ``read_url`` there is refused (before it is opened)."""
+def refuse_postgres_only(options: StoreOptions) -> None:
+    """What only PostgreSQL has, refused for a SQLite database before it is opened: a standby
+    (``read_url``), and pgvector's ``index_options`` without a backend that takes them."""
+    if options.backend_settings is None:
+        try:
+            _backend_settings(options, options.backend_class)
+        except InvalidInputError as exc:
+            raise InvalidInputError(
+                f"{exc}; {sorted(options.index_options or {})} are pgvector's settings, for a "
+                "PostgreSQL database (url=, or a psycopg connection as self.conn)") from None
     if options.read_url is not None:
         raise InvalidInputError(
             "read_url names a PostgreSQL hot standby, and this store is a SQLite database: "
@@ -229,6 +243,15 @@ def _known_backend(name: Any) -> type[VectorIndex]:
                 f"{exc} (SQLite), or {PGVECTOR} (a PostgreSQL connection)"
             ) from None
         raise
+
+
+def _pgvector_takes(options: StoreOptions) -> bool:
+    """Whether ``index_options`` are pgvector's (a default backend may turn out to be it)."""
+    try:
+        _pgvector_settings(options)
+    except InvalidInputError:
+        return False
+    return options.index_type is None
 
 
 def _pgvector_settings(options: StoreOptions) -> dict[str, Any]:

@@ -47,6 +47,9 @@ def test_pgvector_is_the_default_backend_and_the_only_one(pg_conninfo):
     store = open_store(pg_conninfo, backend="pgvector", index_options={"ef_search": 200, "m": 8})
     assert store.embedding_options.backend_settings == {"ef_search": 200, "m": 8}
     closing(store)
+    store = open_store(pg_conninfo, index_options={"ef_search": 64})  # no backend= needed
+    assert store.embedding_options.backend_settings == {"ef_search": 64}
+    closing(store)
 
 
 @pytest.mark.parametrize("options, error, message", [
@@ -72,6 +75,8 @@ def test_sqlite_options_with_a_postgres_connection_are_refused_and_change_nothin
 def test_pgvector_with_a_sqlite_connection_is_refused(make_notes, tmp_path):
     with pytest.raises(InvalidInputError, match="backend 'pgvector' is the PostgreSQL engine's"):
         make_notes(backend="pgvector")
+    with pytest.raises(InvalidInputError, match="bad options for backend 'annoy'.*ef_search"):
+        make_notes(index_options={"ef_search": 64})  # pgvector's, on a SQLite database
     assert not list(tmp_path.glob("*.index"))
 
 

@@ -28,6 +28,7 @@ from .stores import (
     Target,
     backfill_lock,
     choose_models,
+    choose_read_url,
     find_targets,
     half_switched,
     open_db,
@@ -346,7 +347,7 @@ def run_serve(args: argparse.Namespace) -> int:
                          "pip install 'embeddable-db[web]'") from None
     return serve(data_dir, args.files, host=args.host, port=args.port, open_browser=args.open,
                  allow_backfill=args.allow_backfill, model_backend=args.model_backend,
-                 url=args.database_url)
+                 url=args.database_url, read_url=args.read_url)
 
 
 COMMANDS = {
@@ -405,6 +406,7 @@ def run(argv: Sequence[str] | None, prog: str) -> int:
         args.data_dir = resolve_data_dir(args.data_dir)  # once: every path below derives from it
         if hasattr(args, "database_url"):
             args.database_url = choose_url(args)
+            args.read_url = choose_read_url(args)
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING,
             format="%(levelname)s %(name)s: %(message)s",

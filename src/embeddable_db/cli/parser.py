@@ -61,6 +61,12 @@ def model_name(text: str) -> str:
     return text
 
 
+READ_URL_HELP = ("a hot standby of the --database-url server to send searches to (default: "
+                 "$EMBEDDABLE_DB_READ_URL when the databases are on PostgreSQL); writes stay on "
+                 "the primary, and a search waits up to 0.2 s for the standby to replay what "
+                 "this process wrote, else the primary answers")
+
+
 def database_url(text: str) -> str:
     """A PostgreSQL URL; checked here for its scheme, the server is asked later."""
     if not text.startswith(URL_SCHEMES):
@@ -147,6 +153,8 @@ def build_parser(prog: str = "embeddable-db") -> Parser:
         "<=, >, >= VALUE and FIELD~PATTERN (SQL like)",
     )
     search.add_argument("--json", action="store_true", help="print hits as JSON")
+    search.add_argument("--read-url", type=database_url, default=None, metavar="URL",
+                        help=READ_URL_HELP)
 
     for name, text, backend_help in (
         ("stats", "records, vectors, missing, stale, orphaned per database", reads),
@@ -164,6 +172,8 @@ def build_parser(prog: str = "embeddable-db") -> Parser:
                        help="folder holding the databases (default: $EMBEDDABLE_DB_HOME or ./data)")
     serve.add_argument("--database-url", type=database_url, default=None, metavar="URL",
                        help=URL_HELP)
+    serve.add_argument("--read-url", type=database_url, default=None, metavar="URL",
+                       help=READ_URL_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=positive_int, default=8001, help="port (default: 8001)")
     serve.add_argument("--open", action="store_true", help="open the page in a browser")

@@ -17,7 +17,8 @@ Read commands open databases with ``read_only=True``: SQLite in ``mode=ro``, and
 metadata, lock or temporary file is written; PostgreSQL in read-only transactions, which the
 server itself enforces. ``--database-url`` (or ``$EMBEDDABLE_DB_URL``) puts every database
 of a command on one PostgreSQL database, a schema each; a backfill there takes turns on an
-advisory lock instead of a lock file.
+advisory lock instead of a lock file. ``search`` and ``serve`` send their searches to a hot
+standby of it with ``--read-url`` (or ``$EMBEDDABLE_DB_READ_URL``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..databases import HOME_ENV, REGISTRY, RecordDB, data_home
+from ..databases.opening import READ_URL_ENV
 from ..databases.probing import index_backend, postgres_databases, sqlite_model
 from ..encoder import DEFAULT_MODEL, model_identity
 from ..errors import EmbeddingError
@@ -87,6 +89,19 @@ def find_targets(args: argparse.Namespace) -> list[Target]:
         targets.append(Target(name, cls, db_file, index_path, metadata_path,
                               sqlite_model(db_file, cls.embedding_table)))
     return targets
+
+
+def choose_read_url(args: argparse.Namespace) -> str | None:
+    """The standby a command searches: ``--read-url``, else ``$EMBEDDABLE_DB_READ_URL`` when
+    the databases are on PostgreSQL; a standby without a primary is a usage error."""
+    given = getattr(args, "read_url", None)
+    if getattr(args, "database_url", None) is None:
+        if given is not None:
+            raise UsageError(f"{args.prog} {args.command}: error: --read-url names a standby "
+                             "of a PostgreSQL primary: give --database-url (or "
+                             "$EMBEDDABLE_DB_URL) too")
+        return None
+    return given or os.environ.get(READ_URL_ENV, "").strip() or None
 
 
 def resolve_data_dir(value: str | None) -> Path:
@@ -176,7 +191,8 @@ def open_db(
     """
     if target.url is not None:
         options = StoreOptions(backend=PGVECTOR, model_name=model, model_backend=args.model_backend,
-                               allow_model_change=switching(target, model), read_only=read_only)
+                               allow_model_change=switching(target, model), read_only=read_only,
+                               read_url=getattr(args, "read_url", None))
         db = target.cls(url=target.url, **options.keywords())
         try:
             yield db

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..engine import import_postgres
 from ..errors import EmbeddingError, InvalidInputError, ReadOnlyError
 from ..handle import connect_read_only, sqlite_error
-from ..options import StoreOptions, refuse_read_url
+from ..options import StoreOptions, refuse_postgres_only
 from .dialect import SQLITE
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def open_database(
             options = _read_url_from_environment(options)
         _open_postgres(db, url, options)
         return {"index_path": None, "metadata_path": None, "read_url": options.read_url}
-    refuse_read_url(options)  # before the file is made
+    refuse_postgres_only(options)  # before the file is made
     db.path, index_path, metadata_path = db.resolve_paths(
         path, data_dir=data_dir, index_path=options.index_path,
         metadata_path=options.metadata_path,

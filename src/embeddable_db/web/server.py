@@ -11,7 +11,8 @@ from pathlib import Path
 
 def serve(data_dir: Path | None, files: Sequence[str] = (), *, host: str = "127.0.0.1",
           port: int = 8001, open_browser: bool = False, allow_backfill: bool = False,
-          model_backend: str = "onnx", url: str | None = None) -> int:
+          model_backend: str = "onnx", url: str | None = None,
+          read_url: str | None = None) -> int:
     import uvicorn
 
     from .app import build_app
@@ -21,7 +22,8 @@ def serve(data_dir: Path | None, files: Sequence[str] = (), *, host: str = "127.
         print(f"warning: serving on {host}: anyone who can reach this address can read every "
               "record (the default is 127.0.0.1)", file=sys.stderr)
     try:
-        stores = Stores(data_dir, files, model_backend=model_backend, url=url)
+        stores = Stores(data_dir, files, model_backend=model_backend, url=url,
+                        read_url=read_url)
     except ValueError as exc:  # a file that is not SQLite, a table that cannot be opened
         print(f"embeddable-db serve: error: {exc}", file=sys.stderr)
         return 2

@@ -32,15 +32,16 @@ class Stores:
     given files, open read-only until ``close`` (each behind a view: ``views.py``)."""
 
     def __init__(self, data_dir: Path | None = None, files: Sequence[str] = (), *,
-                 model_backend: str = "onnx", model: str | None = None, url: str | None = None):
+                 model_backend: str = "onnx", model: str | None = None, url: str | None = None,
+                 read_url: str | None = None):
         """``url``: the six databases on PostgreSQL (those whose schema is there) instead of
-        ``data_dir``'s files."""
+        ``data_dir``'s files; ``read_url``: its hot standby, which then answers the searches."""
         self.views: dict[str, DatabaseView] = {}
         self.url = None
         if data_dir is not None or url is not None:
             args = argparse.Namespace(db=list(REGISTRY), data_dir=data_dir, backend=None,
                                       model=model, model_backend=model_backend, database_url=url,
-                                      command="serve", prog="embeddable-db")
+                                      read_url=read_url, command="serve", prog="embeddable-db")
             targets = [t for t in find_targets(args) if t.exists]
             if url is not None:  # for the banner, its password hidden
                 from ..databases.postgres import shown

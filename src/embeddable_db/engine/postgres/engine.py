@@ -40,7 +40,7 @@ from psycopg.types import TypeInfo
 from ... import validation as check
 from ...encoding import check_same_dimension
 from ...errors import EmbeddingError, InvalidInputError, ModelConflictError
-from ...options import PGVECTOR, StoreOptions
+from ...options import StoreOptions
 from ...reports import VerifyReport
 from ...rows import StoredState, VectorRow
 from . import export, schema, search, verify
@@ -68,21 +68,7 @@ class PostgresEngine:
 
     @staticmethod
     def locate(options: StoreOptions, conn: Any, table: str) -> StoreOptions:
-        """The options for a PostgreSQL store: no index files, backend ``pgvector``."""
-        given = [name for name in ("index_path", "metadata_path") if getattr(options, name)]
-        if given:
-            raise InvalidInputError(
-                f"{' and '.join(given)} name index files, which a PostgreSQL store does not "
-                "have (its index is in the database): leave them out"
-            )
-        if options.backend != PGVECTOR:
-            if options.backend_chosen:
-                raise InvalidInputError(
-                    f"backend {options.backend!r} is for SQLite databases: a PostgreSQL "
-                    f"connection uses backend={PGVECTOR!r} (the default there)"
-                )
-            options = options.with_backend(PGVECTOR)
-        return options
+        return schema.store_options(options)
 
     def __new__(cls, conn: Any, *, options: StoreOptions, **_: Any) -> PostgresEngine:
         """With ``read_url``: the engine whose searches go to that standby (``replica.py``)."""

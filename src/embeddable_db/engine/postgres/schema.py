@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from ...errors import BackendUnavailableError, EmbeddingError, InvalidInputError, StoreConflictError
+from ...options import PGVECTOR, StoreOptions
 
 SCHEMA_VERSION = 1
 #: pgvector's limits for the ``vector`` type and its HNSW index.
@@ -270,3 +271,21 @@ def check_meta(recorded: dict[str, str], names: Names, owner: str | None) -> Non
 def identity(recorded: dict[str, str]) -> tuple[str | None, int | None]:
     dim = recorded.get("dim")
     return recorded.get("model"), (int(dim) if dim is not None else None)
+
+
+def store_options(options: StoreOptions) -> StoreOptions:
+    """The options for a PostgreSQL store: no index files, backend ``pgvector``."""
+    given = [name for name in ("index_path", "metadata_path") if getattr(options, name)]
+    if given:
+        raise InvalidInputError(
+            f"{' and '.join(given)} name index files, which a PostgreSQL store does not "
+            "have (its index is in the database): leave them out"
+        )
+    if options.backend != PGVECTOR:
+        if options.backend_chosen:
+            raise InvalidInputError(
+                f"backend {options.backend!r} is for SQLite databases: a PostgreSQL "
+                f"connection uses backend={PGVECTOR!r} (the default there)"
+            )
+        options = options.with_backend(PGVECTOR)
+    return options

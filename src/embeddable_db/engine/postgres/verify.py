@@ -114,7 +114,7 @@ def rebuild(conn, names: Names, dim: int | None, settings: dict) -> None:
             schema.create_hnsw(conn, names, d, settings)
     if dim is not None and dim <= MAX_INDEXED_DIM:
         schema.create_hnsw(conn, names, dim, settings)
-    for name in schema.indexes(conn, names):
+    for name in sorted(set(schema.indexes(conn, names)) & set(present)):  # new ones are fresh
         conn.execute(sql.SQL("REINDEX INDEX {}").format(sql.Identifier(names.schema, name)))
     conn.execute(sql.SQL(
         f"UPDATE {{}} SET body = NULL WHERE body IS NOT NULL AND NOT {_UNCHECKED} "

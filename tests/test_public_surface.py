@@ -92,6 +92,7 @@ def public_instance_attributes(db) -> list[str]:
 # -- the surface ----------------------------------------------------------------------------------
 NAMES = {
     "BackendUnavailableError": "exception",
+    "BackfillConnectionLost": "exception",
     "BackfillInterrupted": "exception",
     "BackfillPlan": (
         "class(records=0, missing=0, stale_text=0, stale_model=0, stale_version=0, stale_kind=0, "
@@ -241,6 +242,7 @@ DATABASES_ALL = [
 
 ERRORS = {
     "BackendUnavailableError": ["EmbeddingError", "Exception", "BaseException"],
+    "BackfillConnectionLost": ["EmbeddingError", "Exception", "BaseException"],
     "BackfillInterrupted": ["KeyboardInterrupt", "BaseException"],
     "ClosedStoreError": ["EmbeddingError", "Exception", "BaseException"],
     "CorruptIndexError": ["EmbeddingError", "Exception", "BaseException"],

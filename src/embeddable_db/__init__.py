@@ -25,7 +25,7 @@ _ERRORS = (
     "ReadOnlyError",
     "StoreConflictError",
 )
-_REPORTS = ("BackfillInterrupted", "BackfillPlan", "BackfillResult", "VerifyReport")
+_REPORTS = ("BackfillConnectionLost", "BackfillInterrupted", "BackfillPlan", "BackfillResult", "VerifyReport")
 _DATABASES = (
     "REGISTRY",
     "BotDB",
@@ -81,6 +81,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .fusion import HybridHit  # noqa: F401
     from .mixin import EmbeddableDBMixin  # noqa: F401
     from .reports import (  # noqa: F401
+        BackfillConnectionLost,
         BackfillInterrupted,
         BackfillPlan,
         BackfillResult,

@@ -38,7 +38,7 @@ from . import validation as check
 from .encoding import Failure, Pending, fingerprint
 from .engine import Engine
 from .errors import EmbeddingError, InvalidInputError
-from .reports import BackfillInterrupted, BackfillPlan, BackfillResult
+from .reports import BackfillConnectionLost, BackfillInterrupted, BackfillPlan, BackfillResult
 from .rows import StoredState, VectorRow
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,12 @@ def run(
         result.seconds = time.perf_counter() - started
         counted()
         raise BackfillInterrupted(result) from exc
+    except Exception as exc:
+        if not engine.lost_connection(exc):
+            raise
+        result.seconds = time.perf_counter() - started
+        counted()
+        raise BackfillConnectionLost(result, exc) from exc
     result.seconds = time.perf_counter() - started
     if progress:
         progress(result)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .errors import EmbeddingError
+
 #: How a verify problem about a half-done model switch begins (the CLI replaces its advice).
 MODEL_SWITCH_PROBLEM = "the store holds vectors of"
 
@@ -60,19 +62,36 @@ class BackfillPlan:
         return self.stale_text + self.stale_model + self.stale_version + self.stale_kind
 
 
+def _how_far(result: BackfillResult) -> str:
+    if result.dry_run:
+        return "a dry run: nothing was written"
+    if result.last_committed_id is None:
+        return "no batch was committed"
+    return f"{result.committed} vectors committed, the last for record {result.last_committed_id!r}"
+
+
 class BackfillInterrupted(KeyboardInterrupt):
     """Ctrl-C during a backfill: committed batches stay; ``result`` says how far it got."""
 
     def __init__(self, result: BackfillResult) -> None:
-        if result.dry_run:
-            said = "a dry run: nothing was written"
-        elif result.last_committed_id is None:
-            said = "no batch was committed"
-        else:
-            said = (f"{result.committed} vectors committed, the last for record "
-                    f"{result.last_committed_id!r}")
-        super().__init__(f"backfill interrupted: {said} (records were read up to "
+        super().__init__(f"backfill interrupted: {_how_far(result)} (records were read up to "
                          f"{result.last_record_id!r})")
+        self.result = result
+
+
+class BackfillConnectionLost(EmbeddingError):
+    """The database went away during a backfill (a PostgreSQL server stopped or restarted):
+    every committed batch stays, the one in flight was rolled back with the connection, and
+    ``result`` says how far it got. Another backfill on a new connection embeds the rest."""
+
+    def __init__(self, result: BackfillResult, cause: BaseException) -> None:
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        super().__init__(
+            f"backfill stopped: the connection to the database was lost ({reason}); "
+            f"{_how_far(result)}, nothing of the batch in flight was written. Open the store "
+            "on a new connection and run backfill_embeddings() again: it embeds only what is "
+            "still missing"
+        )
         self.result = result
 
 

@@ -215,11 +215,17 @@ class LocalPostgres:
         return name
 
     # -- stopping ------------------------------------------------------------------------------
-    def _halt(self) -> None:
+    def restart(self, *, crash: bool = False) -> None:
+        """Stop the server and start it again on the same data and socket. ``crash``: an
+        immediate stop (SIGQUIT: no checkpoint, as a crash), so the start runs WAL recovery."""
+        self._halt(signal.SIGQUIT if crash else signal.SIGINT)
+        self.start()
+
+    def _halt(self, how: signal.Signals = signal.SIGINT) -> None:
         """Stop the server process by its pid (fast shutdown; SIGKILL after the timeout)."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
-            os.kill(process.pid, signal.SIGINT)  # fast shutdown: ends sessions, checkpoints
+            os.kill(process.pid, how)  # SIGINT, fast shutdown: ends sessions, checkpoints
             try:
                 process.wait(STOP_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:

@@ -24,7 +24,7 @@ import random
 import sys
 import time
 
-from reliability_helpers import Notes, SlowEncoder, fill_notes
+from reliability_helpers import Notes, SlowEncoder, fill_notes, search_loop
 
 from embeddable_db import BackfillInterrupted
 from embeddable_db import backfill as backfill_module
@@ -109,34 +109,9 @@ def writer(db_path: str, backend: str, start: str, count: str) -> None:
 
 
 def reader(db_path: str, backend: str, stop: str) -> None:
-    """Search until told to stop; every answer must be well formed and the count never shrink."""
     db = Notes(db_path, backend=backend)
     print("ready", flush=True)
-    rng = random.Random(os.getpid())
-    report = {"searches": 0, "errors": [], "counts": []}
-    last_count = 0
-    while True:
-        stopping = os.path.exists(stop)  # look before searching: the last round sees everything
-        try:
-            hits = db.search_by_text(f"note{rng.randint(1, 2000)} {rng.choice(['alpha', 'opal'])}",
-                                     top_k=rng.choice([1, 10, 50]))
-            distances = [h[1] for h in hits]
-            if distances != sorted(distances) or len({h[0] for h in hits}) != len(hits):
-                report["errors"].append(f"malformed answer {hits[:3]}")
-            count = db.embedding_count()
-            if count < last_count:
-                report["errors"].append(f"count went down from {last_count} to {count}")
-            last_count = count
-            report["searches"] += 1
-            if report["searches"] % 10 == 0:  # while others write and save
-                verify = db.verify_index()
-                if not verify.ok:
-                    report["errors"].append(f"verify_index: {verify.problems}")
-        except Exception as exc:  # noqa: BLE001 - the parent wants to see every error
-            report["errors"].append(f"{type(exc).__name__}: {exc}")
-        if stopping:
-            break
-    report["final_count"] = db.embedding_count()
+    report = search_loop(db, stop)
     db.shut()
     print(json.dumps(report), flush=True)
 

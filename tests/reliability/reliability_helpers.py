@@ -158,6 +158,37 @@ def assert_searchable(db, ids=None, texts: dict | None = None) -> None:
             assert str(rid) in [h[0] for h in hits], f"record {rid} is not found by its text"
 
 
+def search_loop(db, stop) -> dict:
+    """Search ``db`` until the file ``stop`` exists (a reader beside writers in other
+    processes): every answer must be well formed, the count never shrink, verify agree."""
+    rng = random.Random(os.getpid())
+    report = {"searches": 0, "errors": [], "counts": []}
+    last_count = 0
+    while True:
+        stopping = os.path.exists(stop)  # look before searching: the last round sees everything
+        try:
+            hits = db.search_by_text(f"note{rng.randint(1, 2000)} {rng.choice(['alpha', 'opal'])}",
+                                     top_k=rng.choice([1, 10, 50]))
+            distances = [h[1] for h in hits]
+            if distances != sorted(distances) or len({h[0] for h in hits}) != len(hits):
+                report["errors"].append(f"malformed answer {hits[:3]}")
+            count = db.embedding_count()
+            if count < last_count:
+                report["errors"].append(f"count went down from {last_count} to {count}")
+            last_count = count
+            report["searches"] += 1
+            if report["searches"] % 10 == 0:  # while others write and save
+                verify = db.verify_index()
+                if not verify.ok:
+                    report["errors"].append(f"verify_index: {verify.problems}")
+        except Exception as exc:  # noqa: BLE001 - the parent wants to see every error
+            report["errors"].append(f"{type(exc).__name__}: {exc}")
+        if stopping:
+            break
+    report["final_count"] = db.embedding_count()
+    return report
+
+
 def snapshot(db) -> tuple:
     """Everything a store keeps on disk: the SQLite contents and the index files."""
     path = db.conn.execute("PRAGMA database_list").fetchone()[2]
@@ -168,11 +199,12 @@ def temp_files(folder) -> list[str]:
     return sorted(glob.glob(os.path.join(str(folder), ".*.tmp")))
 
 
-def spawn(*args: str, **kwargs) -> subprocess.Popen:
-    """Start ``child.py`` with these arguments (one torch-free Python process)."""
+def spawn(*args: str, script: str = CHILD, **kwargs) -> subprocess.Popen:
+    """Start ``child.py`` (or another ``script``) with these arguments (one torch-free
+    Python process)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, CHILD, *args],
+        [sys.executable, script, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

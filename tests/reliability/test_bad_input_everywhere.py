@@ -99,48 +99,48 @@ def test_numpy_integer_ids_are_ids(store):
     assert store.remove_embeddings(np.array([77])) == 1
 
 
-@pytest.mark.parametrize(
-    ("call", "match"),
-    [
-        (lambda db: db.remove_embeddings("12"), "record_ids must be a list"),
-        (lambda db: db.remove_embeddings(None), "record_ids must be a list"),
-        (lambda db: db.remove_embeddings(5), "record_ids must be a list"),
-        (lambda db: db.update_embedding_versions("12", embedding_version=2), "record_ids"),
-        (lambda db: db.update_embedding_versions([1], embedding_version=2.0), "embedding_version"),
-        (lambda db: db.add_embeddings(None), "items must be a list"),
-        (lambda db: db.add_embeddings("abc"), "items must be a list"),
-        (lambda db: db.add_embeddings([1, 2]), r"\(record_id, record, kind\)"),
-        (lambda db: db.add_embeddings([(1, {"body": "x"})]), r"\(record_id, record, kind\)"),
-        (lambda db: db.add_embeddings(["abc"]), r"\(record_id, record, kind\)"),
-        (lambda db: db.add_embeddings([(1, {"body": "x"}, "note")], source_ids=[1, 2]),
-         "source_ids"),
-        (lambda db: db.add_embeddings([(1, {"body": "x"}, "note")], source_ids="7"),
-         "source_ids"),
-        (lambda db: db.add_embeddings([(1, {"body": "x"}, "note")], batch_size=0), "batch_size"),
-        (lambda db: db.encode_texts("abc"), "texts must be a list"),
-        (lambda db: db.encode_texts(None), "texts must be a list"),
-    ],
-)
+WRONG_SHAPES = [
+    (lambda db: db.remove_embeddings("12"), "record_ids must be a list"),
+    (lambda db: db.remove_embeddings(None), "record_ids must be a list"),
+    (lambda db: db.remove_embeddings(5), "record_ids must be a list"),
+    (lambda db: db.update_embedding_versions("12", embedding_version=2), "record_ids"),
+    (lambda db: db.update_embedding_versions([1], embedding_version=2.0), "embedding_version"),
+    (lambda db: db.add_embeddings(None), "items must be a list"),
+    (lambda db: db.add_embeddings("abc"), "items must be a list"),
+    (lambda db: db.add_embeddings([1, 2]), r"\(record_id, record, kind\)"),
+    (lambda db: db.add_embeddings([(1, {"body": "x"})]), r"\(record_id, record, kind\)"),
+    (lambda db: db.add_embeddings(["abc"]), r"\(record_id, record, kind\)"),
+    (lambda db: db.add_embeddings([(1, {"body": "x"}, "note")], source_ids=[1, 2]),
+     "source_ids"),
+    (lambda db: db.add_embeddings([(1, {"body": "x"}, "note")], source_ids="7"),
+     "source_ids"),
+    (lambda db: db.add_embeddings([(1, {"body": "x"}, "note")], batch_size=0), "batch_size"),
+    (lambda db: db.encode_texts("abc"), "texts must be a list"),
+    (lambda db: db.encode_texts(None), "texts must be a list"),
+]
+
+
+@pytest.mark.parametrize(("call", "match"), WRONG_SHAPES)
 def test_arguments_of_the_wrong_shape(store, call, match):
     """A lone string is refused, not iterated: remove_embeddings("12") must not remove 1 and 2."""
     refused(store, call, match=match)
 
 
-@pytest.mark.parametrize(
-    ("call", "match"),
-    [
-        (lambda db: db.add_embedding(1, None, "note"), "record '1' could not be embedded"),
-        (lambda db: db.add_embedding(1, "a plain string", "note"), "could not be embedded"),
-        (lambda db: db.add_embedding(1, {"body": 5}, "note"), "text must be a str"),
-        (lambda db: db.add_embedding(1, {"body": ["a"]}, "note"), "text must be a str"),
-        (lambda db: db.add_embedding(1, {"body": "ok"}, None), "kind"),
-        (lambda db: db.add_embedding(1, {"body": "ok"}, 7), "kind"),
-        (lambda db: db.add_embeddings([(20, {"body": "good"}, "note"),
-                                       (21, {"body": b"\xc3\x28"}, "note")]), "UTF-8"),
-        (lambda db: db.add_embeddings([(20, {"body": "good"}, "note"),
-                                       (21, {"body": "   "}, "note")]), "empty"),
-    ],
-)
+BAD_RECORDS = [
+    (lambda db: db.add_embedding(1, None, "note"), "record '1' could not be embedded"),
+    (lambda db: db.add_embedding(1, "a plain string", "note"), "could not be embedded"),
+    (lambda db: db.add_embedding(1, {"body": 5}, "note"), "text must be a str"),
+    (lambda db: db.add_embedding(1, {"body": ["a"]}, "note"), "text must be a str"),
+    (lambda db: db.add_embedding(1, {"body": "ok"}, None), "kind"),
+    (lambda db: db.add_embedding(1, {"body": "ok"}, 7), "kind"),
+    (lambda db: db.add_embeddings([(20, {"body": "good"}, "note"),
+                                   (21, {"body": b"\xc3\x28"}, "note")]), "UTF-8"),
+    (lambda db: db.add_embeddings([(20, {"body": "good"}, "note"),
+                                   (21, {"body": "   "}, "note")]), "empty"),
+]
+
+
+@pytest.mark.parametrize(("call", "match"), BAD_RECORDS)
 def test_bad_records_write_nothing(store, call, match):
     """The subclass failing on a record is an error about that record; batches are all or nothing."""
     refused(store, call, match=match)
@@ -155,40 +155,40 @@ def test_try_add_embedding_with_bad_input_changes_nothing(store):
     assert snapshot(store) == before
 
 
-@pytest.mark.parametrize(
-    ("call", "match"),
-    [
-        (lambda db: db.search_by_text(b"\xff\xfe"), "UTF-8"),
-        (lambda db: db.search_by_text(bytearray(b"ok \xc3")), "UTF-8"),
-        (lambda db: db.search_by_text("\ud800 lone surrogate"), "Unicode"),
-        (lambda db: db.search_by_text(None), "None"),
-        (lambda db: db.search_by_text(42), "str"),
-        (lambda db: db.search_by_text(["note1"]), "str"),
-        (lambda db: db.search_by_text("note1", top_k=0), "top_k"),
-        (lambda db: db.search_by_text("note1", top_k=2.0), "top_k"),
-        (lambda db: db.search_by_text("note1", top_k=None), "top_k"),
-        (lambda db: db.search_by_text("note1", top_k=True), "top_k"),
-        (lambda db: db.search_by_text("note1", kind=""), "kind"),
-        (lambda db: db.search_by_text("note1", kind=3), "kind"),
-        (lambda db: db.search_by_vector([0.1] * 32, kind=5), "kind"),
-        (lambda db: db.encode_texts(["fine", b"\xc3\x28"]), "UTF-8"),
-        (lambda db: db.encode_text(""), "empty"),
-    ],
-)
+BAD_SEARCHES = [
+    (lambda db: db.search_by_text(b"\xff\xfe"), "UTF-8"),
+    (lambda db: db.search_by_text(bytearray(b"ok \xc3")), "UTF-8"),
+    (lambda db: db.search_by_text("\ud800 lone surrogate"), "Unicode"),
+    (lambda db: db.search_by_text(None), "None"),
+    (lambda db: db.search_by_text(42), "str"),
+    (lambda db: db.search_by_text(["note1"]), "str"),
+    (lambda db: db.search_by_text("note1", top_k=0), "top_k"),
+    (lambda db: db.search_by_text("note1", top_k=2.0), "top_k"),
+    (lambda db: db.search_by_text("note1", top_k=None), "top_k"),
+    (lambda db: db.search_by_text("note1", top_k=True), "top_k"),
+    (lambda db: db.search_by_text("note1", kind=""), "kind"),
+    (lambda db: db.search_by_text("note1", kind=3), "kind"),
+    (lambda db: db.search_by_vector([0.1] * 32, kind=5), "kind"),
+    (lambda db: db.encode_texts(["fine", b"\xc3\x28"]), "UTF-8"),
+    (lambda db: db.encode_text(""), "empty"),
+]
+
+
+@pytest.mark.parametrize(("call", "match"), BAD_SEARCHES)
 def test_bad_search_and_encode_arguments(store, call, match):
     refused(store, call, match=match)
 
 
-@pytest.mark.parametrize(
-    ("vector", "match"),
-    [
-        (["0.5"] * 32, "numbers"),  # numpy would quietly parse the strings
-        ([1j] * 32, "numbers"),  # numpy would quietly drop the imaginary part
-        ({"a": 1.0}, "numbers"),
-        (b"\x00" * 32, "numbers"),
-        ([None] * 32, "numbers"),
-    ],
-)
+NOT_NUMBERS = [
+    (["0.5"] * 32, "numbers"),  # numpy would quietly parse the strings
+    ([1j] * 32, "numbers"),  # numpy would quietly drop the imaginary part
+    ({"a": 1.0}, "numbers"),
+    (b"\x00" * 32, "numbers"),
+    ([None] * 32, "numbers"),
+]
+
+
+@pytest.mark.parametrize(("vector", "match"), NOT_NUMBERS)
 def test_vectors_that_only_look_like_numbers(store, vector, match):
     refused(store, lambda db: db.search_by_vector(vector), InvalidVectorError, match)
 
@@ -231,19 +231,19 @@ def test_unknown_kinds_of_a_store_that_declares_them(tmp_path, call):
     db.shut()
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"batch_size": -1}, "batch_size"),
-        ({"batch_size": "10"}, "batch_size"),
-        ({"batch_size": 2.5}, "batch_size"),
-        ({"batch_size": True}, "batch_size"),
-        ({"batch_size": None}, "batch_size"),
-        # Found only after the first batch was committed, a bad progress left half a backfill.
-        ({"progress": 5}, "progress"),
-        ({"progress": "bar"}, "progress"),
-    ],
-)
+BAD_BACKFILLS = [
+    ({"batch_size": -1}, "batch_size"),
+    ({"batch_size": "10"}, "batch_size"),
+    ({"batch_size": 2.5}, "batch_size"),
+    ({"batch_size": True}, "batch_size"),
+    ({"batch_size": None}, "batch_size"),
+    # Found only after the first batch was committed, a bad progress left half a backfill.
+    ({"progress": 5}, "progress"),
+    ({"progress": "bar"}, "progress"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), BAD_BACKFILLS)
 def test_bad_backfill_arguments(store, kwargs, match):
     refused(store, lambda db: db.backfill_embeddings(**kwargs), match=match)
 

@@ -55,6 +55,10 @@ class Engine(Protocol):
     def in_transaction(self) -> bool:
         """True while a transaction (the caller's or ``transaction()``'s) is open."""
 
+    def lost_connection(self, exc: BaseException) -> bool:
+        """True when ``exc`` means the connection is gone (a PostgreSQL server that stopped or
+        restarted): nothing more can be done on it, and the transaction in flight rolled back."""
+
     def write(self, rows: list[VectorRow], *, bulk: bool = False) -> None:
         """Insert or replace vectors (durable once the outermost transaction commits).
         ``bulk``: one batch of a backfill, which flushes at its end; upkeep may wait for it."""

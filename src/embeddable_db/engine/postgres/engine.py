@@ -161,6 +161,9 @@ class PostgresEngine:
     def in_transaction(self) -> bool:
         return self.conn.info.transaction_status != pq.TransactionStatus.IDLE
 
+    def lost_connection(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.OperationalError) and (self.conn.broken or self.conn.closed)
+
     def write(self, rows: list[VectorRow], *, bulk: bool = False) -> None:
         if not rows:
             return

@@ -135,6 +135,9 @@ class SQLiteEngine:
     def in_transaction(self) -> bool:
         return self.conn.in_transaction
 
+    def lost_connection(self, exc: BaseException) -> bool:
+        return False  # a file does not go away between statements
+
     def write(self, rows: list[VectorRow], *, bulk: bool = False) -> None:
         if not rows:
             return

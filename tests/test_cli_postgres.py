@@ -9,7 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 
 import psycopg
 import pytest
@@ -18,6 +21,7 @@ from embeddable_db import BotDB, BotRecord
 from embeddable_db.databases import REGISTRY
 from embeddable_db.databases.opening import URL_ENV
 from embeddable_db.databases.postgres import BackfillLock
+from postgres.server import LocalPostgres
 from test_cli import HASH, TOTAL, cli, column, data_dir, insert, summary  # noqa: F401
 
 UNREACHABLE = "postgresql://postgres@/nowhere?host=/nonexistent-socket-dir"
@@ -239,3 +243,73 @@ def test_the_web_page_serves_the_databases_of_a_url(pg_url):
         stores.close()
     out = cli("serve", "--database-url", pg_url, "--data-dir", "/tmp")
     assert out.returncode == 2 and "give one of them" in out.stderr
+
+
+# -- stopped in the middle: Ctrl-C, and a server that goes away ----------------------------------
+def many_bots(url: str, n: int) -> None:
+    BotDB(url=url, model_name="hash:64").close()
+    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO bot.bots (name, purpose) VALUES (%s, %s)",
+                        [(f"bot {i}", f"does task {i} of kind {i % 13}") for i in range(n)])
+
+
+def stored_bots(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {row[0] for row in conn.execute("SELECT record_id FROM bot.bot_embeddings")}
+
+
+def backfill_until_it_reports(url: str) -> subprocess.Popen:
+    """``embeddable-db backfill`` of 20,000 bots, returned once its first progress line is out."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embeddable_db.cli", "backfill", "--database-url", url, "--db",
+         "bot", "--batch-size", "20", *HASH],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=with_url(None))
+    first = proc.stderr.readline()
+    assert first.startswith("bot: "), first
+    return proc
+
+
+def test_ctrl_c_exits_130_naming_what_the_server_holds(pg_url):
+    many_bots(pg_url, 20000)
+    proc = backfill_until_it_reports(pg_url)
+    try:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "vectors were committed" in last and "run the backfill again" in last, last
+    committed = int(last.split(": ", 1)[1].split()[0])
+    named = last.split("the last for record ")[1].split(")")[0].strip("'")
+    stored = stored_bots(pg_url)
+    assert 0 < committed == len(stored) < 20000 and named in stored
+    again = cli("backfill", "--database-url", pg_url, "--db", "bot", *HASH, env=with_url(None))
+    assert again.returncode == 0, again.stderr
+    assert summary(again.stdout)["bot"]["embedded"] == str(20000 - committed)
+
+
+def test_a_server_restart_mid_backfill_exits_1_with_one_clear_line_and_the_rerun_resumes():
+    server = LocalPostgres().start()
+    try:
+        url = server.url(server.create_database())
+        many_bots(url, 20000)
+        proc = backfill_until_it_reports(url)
+        try:
+            server.restart(crash=True)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        assert proc.returncode == 1, err
+        assert "Traceback" not in err
+        said = [line for line in (out + err).splitlines() if "not backfilled" in line]
+        assert len(said) == 1 and "the connection to the database was lost" in said[0], out + err
+        committed = int(said[0].split("; ")[1].split()[0])
+        assert committed == len(stored_bots(url)) < 20000
+        again = cli("backfill", "--database-url", url, "--db", "bot", *HASH, env=with_url(None))
+        assert again.returncode == 0, again.stderr
+        row = summary(again.stdout)["bot"]
+        assert (row["embedded"], row["unchanged"]) == (str(20000 - committed), str(committed))
+    finally:
+        server.stop()

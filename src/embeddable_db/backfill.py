@@ -158,28 +158,29 @@ def run(
 
     walk = _Walk(engine, source, result.failures, read_on, fill)
     try:
-        while True:
-            window = walk.next_window(limit)
-            final = len(window) < limit
-            window.sort(key=lambda planned: len(planned.item.text or ""))  # stable
-            for start in range(0, len(window), batch_size):
-                skipped += _embed_batch(engine, source, window[start : start + batch_size], result)
+        with engine.bulk_load():  # PostgreSQL: a first load builds its index after
+            while True:
+                window = walk.next_window(limit)
+                final = len(window) < limit
+                window.sort(key=lambda planned: len(planned.item.text or ""))  # stable
+                for start in range(0, len(window), batch_size):
+                    skipped += _embed_batch(engine, source, window[start : start + batch_size], result)
+                    counted()
+                    if progress and not (final and start + batch_size >= len(window)):
+                        progress(result)
                 counted()
-                if progress and not (final and start + batch_size >= len(window)):
-                    progress(result)
-            counted()
-            if final:
-                break
-        walk.fill_now()
-        gone = walk.orphans()
-        result.removed = len(gone)
-        with engine.lock:
-            if gone:
-                engine.remove(gone)
-            engine.settle()  # inside: Ctrl-C while saving is reported the same way
-        if source.completed is not None:
-            counted()
-            source.completed(result)
+                if final:
+                    break
+            walk.fill_now()
+            gone = walk.orphans()
+            result.removed = len(gone)
+            with engine.lock:
+                if gone:
+                    engine.remove(gone)
+                engine.settle()  # inside: Ctrl-C while saving is reported the same way
+            if source.completed is not None:
+                counted()
+                source.completed(result)
     except KeyboardInterrupt as exc:
         result.interrupted = True
         result.seconds = time.perf_counter() - started

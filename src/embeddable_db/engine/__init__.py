@@ -55,6 +55,10 @@ class Engine(Protocol):
     def in_transaction(self) -> bool:
         """True while a transaction (the caller's or ``transaction()``'s) is open."""
 
+    def bulk_load(self) -> AbstractContextManager[None]:
+        """A backfill runs inside: an engine may put index upkeep off to its end (PostgreSQL,
+        into a store with no vectors yet: its HNSW index is built once, after the load)."""
+
     def lost_connection(self, exc: BaseException) -> bool:
         """True when ``exc`` means the connection is gone (a PostgreSQL server that stopped or
         restarted): nothing more can be done on it, and the transaction in flight rolled back."""

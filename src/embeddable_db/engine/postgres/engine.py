@@ -161,6 +161,10 @@ class PostgresEngine:
     def in_transaction(self) -> bool:
         return self.conn.info.transaction_status != pq.TransactionStatus.IDLE
 
+    def bulk_load(self) -> Any:
+        from .bulk import load_into_empty  # bulk.py imports this module
+        return load_into_empty(self)
+
     def lost_connection(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.OperationalError) and (self.conn.broken or self.conn.closed)
 

@@ -135,6 +135,9 @@ class SQLiteEngine:
     def in_transaction(self) -> bool:
         return self.conn.in_transaction
 
+    def bulk_load(self) -> nullcontext:
+        return nullcontext()  # bulk writes already leave the index files to the final flush
+
     def lost_connection(self, exc: BaseException) -> bool:
         return False  # a file does not go away between statements
 

@@ -30,7 +30,7 @@ ROWS = int(os.environ.get("SCALE_TABLE_ROWS", 1_000_000))
 EDITS = 1_000
 BULK = 100_000
 UPDATES = 2_000
-REPEATS = 3
+REPEATS = 6
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota"]
 
 
@@ -95,35 +95,44 @@ def backfills(folder: Path) -> dict[str, float]:
     return out
 
 
-def write_costs(folder: Path, triggers: bool) -> tuple[float, float, float]:
+def write_cost(path: Path, triggers: bool) -> tuple[float, float, float]:
     """(bulk insert of BULK rows, mean single-row update on a default connection, the same
-    with ``synchronous=NORMAL``) in seconds, best of REPEATS. A default connection syncs the
-    WAL at every commit, as most applications' writes do; NORMAL does not, which leaves the
-    triggers' own work the largest share it can be."""
-    bulk, single, unsynced = [], [], []
+    with ``synchronous=NORMAL``) in seconds, into a new table at ``path``. A default connection
+    syncs the WAL at every commit, as most applications' writes do; NORMAL does not, which
+    leaves the triggers' own work the largest share it can be."""
+    make_table(path, 1_000)
+    if triggers:  # installs the triggers and the change table, then steps aside
+        TableStore(str(path), "notes", columns=["title", "body"], model_name="hash:384").close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    started = time.perf_counter()
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO notes(title, body, views) VALUES (?, ?, 0)",
+                     ((f"bulk {i}", body(i)) for i in range(BULK)))
+    conn.execute("COMMIT")
+    bulk = time.perf_counter() - started
+    started = time.perf_counter()
+    for i in range(UPDATES):  # autocommit: each update its own transaction
+        conn.execute("UPDATE notes SET body = ? WHERE id = ?", (f"updated {i}", 1 + i % 1_000))
+    single = (time.perf_counter() - started) / UPDATES
+    conn.execute("PRAGMA synchronous=NORMAL")
+    started = time.perf_counter()
+    for i in range(UPDATES):
+        conn.execute("UPDATE notes SET body = ? WHERE id = ?", (f"again {i}", 1 + i % 1_000))
+    unsynced = (time.perf_counter() - started) / UPDATES
+    conn.close()
+    return bulk, single, unsynced
+
+
+def write_costs(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``write_cost`` without and with the triggers, alternating (side by side, so that a
+    change in the machine's speed falls on both), best of REPEATS each."""
+    runs: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
     for attempt in range(REPEATS):
-        path = folder / f"writes-{triggers}-{attempt}.db"
-        make_table(path, 1_000)
-        if triggers:  # installs the triggers and the change table, then steps aside
-            TableStore(str(path), "notes", columns=["title", "body"], model_name="hash:384").close()
-        conn = sqlite3.connect(path, isolation_level=None)
-        started = time.perf_counter()
-        conn.execute("BEGIN")
-        conn.executemany("INSERT INTO notes(title, body, views) VALUES (?, ?, 0)",
-                         ((f"bulk {i}", body(i)) for i in range(BULK)))
-        conn.execute("COMMIT")
-        bulk.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        for i in range(UPDATES):  # autocommit: each update its own transaction
-            conn.execute("UPDATE notes SET body = ? WHERE id = ?", (f"updated {i}", 1 + i % 1_000))
-        single.append((time.perf_counter() - started) / UPDATES)
-        conn.execute("PRAGMA synchronous=NORMAL")
-        started = time.perf_counter()
-        for i in range(UPDATES):
-            conn.execute("UPDATE notes SET body = ? WHERE id = ?", (f"again {i}", 1 + i % 1_000))
-        unsynced.append((time.perf_counter() - started) / UPDATES)
-        conn.close()
-    return min(bulk), min(single), min(unsynced)
+        for triggers in (False, True) if attempt % 2 == 0 else (True, False):
+            runs[triggers].append(write_cost(folder / f"writes-{triggers}-{attempt}.db", triggers))
+    bare, tracked = (tuple(min(column) for column in zip(*runs[t], strict=True))
+                     for t in (False, True))
+    return bare, tracked
 
 
 def main() -> None:
@@ -132,8 +141,7 @@ def main() -> None:
         out = backfills(Path(tmp))
     with tempfile.TemporaryDirectory(dir=os.environ.get("SCALE_TMP")) as tmp:
         log("the user's writes with and without triggers")
-        bare = write_costs(Path(tmp), triggers=False)
-        tracked = write_costs(Path(tmp), triggers=True)
+        bare, tracked = write_costs(Path(tmp))
     print(f"-- a {ROWS:,}-row table (TableStore, triggers, hash:384)")
     figure("full backfill", out["full"], "s")
     figure("no-op backfill", out["noop"], "s", "target <= 0.5 s at 1M")

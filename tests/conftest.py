@@ -15,6 +15,7 @@ from postgres.fixtures import (  # noqa: F401
     pg_database,
     pg_replica,
     pg_schema,
+    pg_stores,
     pg_url,
     postgres_server,
 )

@@ -21,7 +21,7 @@ from embeddable_db import BotDB, BotRecord
 from embeddable_db.databases import REGISTRY
 from embeddable_db.databases.opening import URL_ENV
 from embeddable_db.databases.postgres import BackfillLock
-from postgres.server import LocalPostgres
+from postgres.fixtures import running_server
 from test_cli import HASH, TOTAL, cli, column, data_dir, insert, summary  # noqa: F401
 
 UNREACHABLE = "postgresql://postgres@/nowhere?host=/nonexistent-socket-dir"
@@ -291,8 +291,7 @@ def test_ctrl_c_exits_130_naming_what_the_server_holds(pg_url):
 
 
 def test_a_server_restart_mid_backfill_exits_1_with_one_clear_line_and_the_rerun_resumes():
-    server = LocalPostgres().start()
-    try:
+    with running_server() as server:
         url = server.url(server.create_database())
         many_bots(url, 20000)
         proc = backfill_until_it_reports(url)
@@ -311,5 +310,3 @@ def test_a_server_restart_mid_backfill_exits_1_with_one_clear_line_and_the_rerun
         assert again.returncode == 0, again.stderr
         row = summary(again.stdout)["bot"]
         assert (row["embedded"], row["unchanged"]) == (str(20000 - committed), str(committed))
-    finally:
-        server.stop()

@@ -15,6 +15,8 @@ other tests made (a base backup copies them all) and whose every test would be r
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -45,8 +47,10 @@ def new_schema(server: LocalPostgres, dbname: str) -> PgSchema:
     return PgSchema(server, dbname, name)
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
+@contextmanager
+def running_server() -> Iterator[LocalPostgres]:
+    """A new server, started (one that cannot start fails the test with the reason), and
+    stopped at the end: the session's, or a test's own that it restarts under its feet."""
     server = LocalPostgres()
     try:
         server.start()
@@ -56,6 +60,12 @@ def postgres_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +82,29 @@ def pg_schema(postgres_server, pg_database) -> PgSchema:
 @pytest.fixture
 def pg_conninfo(pg_schema) -> str:
     return pg_schema.conninfo
+
+
+@pytest.fixture
+def pg_stores(pg_conninfo):
+    """``open_(cls=PgRecordsStore, **options)``: a store on the test's schema (the hashing
+    encoder unless given one); whatever is still open is rolled back and closed at the end."""
+    from conformance.encoders import make_encoder
+    from conformance.engines import PgRecordsStore
+
+    opened = []
+
+    def open_(cls=PgRecordsStore, **options):
+        options.setdefault("encoder", make_encoder("hash:32"))
+        store = cls(pg_conninfo, **options)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        if not store.conn.closed:
+            store.conn.rollback()
+            store.close()
+            store.conn.close()
 
 
 @pytest.fixture

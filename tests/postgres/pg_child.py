@@ -27,8 +27,10 @@ from reliability_helpers import (  # noqa: E402,F401 - some re-exported to the t
     SlowEncoder,
     note_text,
     search_loop,
+    sigkill_after,
     spawn,
     wait_for_line,
+    writers_beside_readers,
 )
 
 from conformance.engines import PgRecordsStore  # noqa: E402

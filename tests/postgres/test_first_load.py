@@ -9,7 +9,7 @@ import threading
 import psycopg
 import pytest
 
-from conformance.engines import PG_RECORDS_DDL, PgRecordsStore
+from conformance.engines import PG_RECORDS_DDL
 from embeddable_db import BackfillInterrupted, HashingEncoder
 
 
@@ -42,26 +42,10 @@ def put_records(conninfo: str, start: int, n: int) -> None:
             for i in range(start, start + n)])
 
 
-@pytest.fixture
-def opened():
-    stores = []
-
-    def open_(conninfo, **options):
-        store = PgRecordsStore(conninfo, **options)
-        stores.append(store)
-        return store
-
-    yield open_
-    for store in stores:
-        if not store.conn.closed:
-            store.close()
-            store.conn.close()
-
-
-def test_the_first_backfill_builds_the_index_once_after_its_rows(pg_conninfo, opened):
+def test_the_first_backfill_builds_the_index_once_after_its_rows(pg_conninfo, pg_stores):
     put_records(pg_conninfo, 1, 300)
     seen = []
-    store = opened(pg_conninfo, encoder=WatchingEncoder(
+    store = pg_stores(encoder=WatchingEncoder(
         lambda call: seen.append(hnsw_indexes(pg_conninfo))))
     result = store.backfill_embeddings(batch_size=20)
     assert result.embedded == 300
@@ -78,7 +62,7 @@ def test_the_first_backfill_builds_the_index_once_after_its_rows(pg_conninfo, op
     assert store.verify_index().ok
 
 
-def test_other_threads_search_while_the_first_load_encodes(pg_conninfo, opened):
+def test_other_threads_search_while_the_first_load_encodes(pg_conninfo, pg_stores):
     put_records(pg_conninfo, 1, 200)
     answers = []
     query = HashingEncoder(32).encode(["record 5 about ships"])[0]
@@ -91,19 +75,19 @@ def test_other_threads_search_while_the_first_load_encodes(pg_conninfo, opened):
             thread.join(timeout=30)
             assert not thread.is_alive(), "the search waited for the whole backfill"
 
-    store = opened(pg_conninfo, encoder=WatchingEncoder(search_from_another_thread))
+    store = pg_stores(encoder=WatchingEncoder(search_from_another_thread))
     assert store.backfill_embeddings(batch_size=20).embedded == 200
     assert answers and answers[0][0][0] == "5"  # found by an exact scan, the index not built
 
 
-def test_an_interrupted_first_load_reopens_with_its_index(pg_conninfo, opened):
+def test_an_interrupted_first_load_reopens_with_its_index(pg_conninfo, pg_stores):
     put_records(pg_conninfo, 1, 200)
 
     def ctrl_c(call: int) -> None:
         if call == 5:
             raise KeyboardInterrupt
 
-    store = opened(pg_conninfo, encoder=WatchingEncoder(ctrl_c))
+    store = pg_stores(encoder=WatchingEncoder(ctrl_c))
     with pytest.raises(BackfillInterrupted) as caught:
         store.backfill_embeddings(batch_size=20)
     assert caught.value.result.committed == 80
@@ -115,7 +99,7 @@ def test_an_interrupted_first_load_reopens_with_its_index(pg_conninfo, opened):
     store.close()
     store.conn.close()
 
-    again = opened(pg_conninfo, encoder=HashingEncoder(32))  # a writable open makes it
+    again = pg_stores(encoder=HashingEncoder(32))  # a writable open makes it
     assert hnsw_indexes(pg_conninfo) == [True]
     assert again.verify_index().ok
     result = again.backfill_embeddings(batch_size=50)

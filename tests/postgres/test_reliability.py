@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,9 +21,17 @@ import pytest
 from conformance.engines import PG_RECORDS_DDL
 from embeddable_db import HashingEncoder
 
-from .fixtures import new_schema
-from .pg_child import DIM, note_text, open_store, shut, spawn, wait_for_line
-from .server import LocalPostgres
+from .fixtures import new_schema, running_server
+from .pg_child import (
+    DIM,
+    note_text,
+    open_store,
+    shut,
+    sigkill_after,
+    spawn,
+    wait_for_line,
+    writers_beside_readers,
+)
 
 CHILD = str(Path(__file__).resolve().parent / "pg_child.py")
 WRITERS, PER_WRITER, READERS = 4, 500, 2
@@ -79,24 +86,10 @@ def test_four_writers_two_readers_on_one_schema(pg_schema, tmp_path):
     shut(open_store(conninfo))  # the table and its indexes exist before the crowd arrives
     stop = tmp_path / "stop"
     readers = [spawn("reader", conninfo, str(stop), script=CHILD) for _ in range(READERS)]
-    for proc in readers:
-        wait_for_line(proc, "ready")
-    writers = [spawn("writer", conninfo, str(1 + w * PER_WRITER), str(PER_WRITER), script=CHILD)
-               for w in range(WRITERS)]
-    try:
-        for proc in writers:
-            out, err = proc.communicate(timeout=300)
-            assert proc.returncode == 0, err
-            assert out.split() == ["ready", "done"]
-    finally:
-        stop.touch()
-    for proc in readers:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        report = json.loads(out.splitlines()[-1])
-        assert report["errors"] == []
-        assert report["searches"] > 10, "the readers did not search while the writers wrote"
-        assert report["final_count"] == WRITERS * PER_WRITER, "a reader missed others' writes"
+    writers_beside_readers(readers, lambda: [
+        spawn("writer", conninfo, str(1 + w * PER_WRITER), str(PER_WRITER), script=CHILD)
+        for w in range(WRITERS)
+    ], stop, WRITERS * PER_WRITER)
 
     vectors = committed_vectors(conninfo)
     assert sorted(vectors, key=int) == [str(i) for i in range(1, WRITERS * PER_WRITER + 1)]
@@ -149,17 +142,8 @@ def test_sigkill_at_random_moments_of_a_backfill_loses_nothing(postgres_server, 
         texts = fill_records(conninfo, N_RECORDS, seed=trial)
         marks = tmp_path / f"marks{trial}"
         proc = run_backfill_child(conninfo, marks, delay=0.02)
-        try:
-            if trial % 6 == 5:
-                time.sleep(rng.uniform(0.0, 0.3))  # sometimes while it starts and opens
-            else:
-                wait_for_line(proc, "ready")
-                time.sleep(rng.uniform(0.0, 0.6))
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.wait(timeout=30)
-            proc.stdout.close()
-            proc.stderr.close()
+        early = trial % 6 == 5  # sometimes while it starts and opens
+        sigkill_after(proc, rng.uniform(0.0, 0.3 if early else 0.6), when_ready=not early)
         seen = marks.read_text()
         stats["inside_batch"] += seen.endswith("B")
 
@@ -182,16 +166,8 @@ def test_sigkill_at_random_moments_of_a_backfill_loses_nothing(postgres_server, 
 @pytest.fixture(scope="module")
 def own_server():
     """A server of this module's own: it is restarted under the tests' feet."""
-    server = LocalPostgres()
-    try:
-        server.start()
-    except Exception as exc:
-        server.stop()
-        pytest.fail(f"the PostgreSQL test server did not start: {exc}", pytrace=False)
-    try:
+    with running_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("crash", [False, True], ids=["restart", "crash-restart"])

@@ -25,31 +25,13 @@ class ImplicitStore(PgRecordsStore):
         super(PgRecordsStore, self).__init__(**options)
 
 
-@pytest.fixture
-def stores(pg_conninfo):
-    opened = []
-
-    def open_(cls=PgRecordsStore, **options):
-        options.setdefault("encoder", make_encoder("hash:32"))
-        store = cls(pg_conninfo, **options)
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in opened:
-        if not store.conn.closed:
-            store.conn.rollback()
-            store.close()
-            store.conn.close()
-
-
 def others_see(conninfo: str, sql: str):
     with psycopg.connect(conninfo, autocommit=True) as conn:
         return conn.execute(sql).fetchall()
 
 
-def test_writes_commit_and_reads_leave_no_transaction_open_without_autocommit(stores, pg_conninfo):
-    store = stores(ImplicitStore)
+def test_writes_commit_and_reads_leave_no_transaction_open_without_autocommit(pg_stores, pg_conninfo):
+    store = pg_stores(ImplicitStore)
     assert store.conn.info.transaction_status == IDLE  # opening left none open
     store.add_embedding(1, {"body": "alpha beta"}, "a")
     assert store.conn.info.transaction_status == IDLE
@@ -61,8 +43,8 @@ def test_writes_commit_and_reads_leave_no_transaction_open_without_autocommit(st
         assert store.conn.info.transaction_status == IDLE, call
 
 
-def test_in_the_callers_transaction_the_store_writes_in_a_savepoint(stores, pg_conninfo):
-    store = stores(ImplicitStore)
+def test_in_the_callers_transaction_the_store_writes_in_a_savepoint(pg_stores, pg_conninfo):
+    store = pg_stores(ImplicitStore)
     store.conn.execute("INSERT INTO records VALUES ('1', 'alpha', 'a')")  # implicit BEGIN
     store.add_embedding(1, {"body": "alpha"}, "a")
     assert others_see(pg_conninfo, "SELECT count(*) FROM embeddings") == [(0,)]
@@ -80,9 +62,9 @@ def test_in_the_callers_transaction_the_store_writes_in_a_savepoint(stores, pg_c
 
 
 def test_a_backfill_whose_records_query_opened_a_transaction_says_so_and_writes_nothing(
-    stores, pg_conninfo,
+    pg_stores, pg_conninfo,
 ):
-    store = stores(ImplicitStore)
+    store = pg_stores(ImplicitStore)
     store.conn.execute("INSERT INTO records VALUES ('1', 'alpha', 'a'), ('2', 'beta', 'a')")
     store.conn.commit()
     with pytest.raises(EmbeddingError, match="connect with autocommit=True"):
@@ -94,12 +76,12 @@ def test_a_backfill_whose_records_query_opened_a_transaction_says_so_and_writes_
         store.rebuild_index()
 
 
-def test_a_vector_of_a_transaction_running_when_the_walk_began_is_no_orphan(stores, pg_conninfo):
+def test_a_vector_of_a_transaction_running_when_the_walk_began_is_no_orphan(pg_stores, pg_conninfo):
     """The race a sequence number would lose: a writer takes its number before the walk
     reads ``last_seq()`` and commits after. Its vector must not be among the orphans."""
-    store = stores(encoder=make_encoder("hash:32"))
+    store = pg_stores(encoder=make_encoder("hash:32"))
     store.add_embeddings([(1, {"body": "old one"}, "a")])
-    writer = stores(encoder=make_encoder("hash:32"))
+    writer = pg_stores(encoder=make_encoder("hash:32"))
     with writer.conn.transaction():
         writer.add_embedding(2, {"body": "written meanwhile"}, "a")
         through = store._engine.last_seq()
@@ -108,8 +90,8 @@ def test_a_vector_of_a_transaction_running_when_the_walk_began_is_no_orphan(stor
     assert store._engine.unseen_keys({"1"}, store._engine.last_seq()) == ["2"]
 
 
-def test_verify_finds_a_dropped_index_and_other_text_and_repair_fixes_both(stores, pg_conninfo):
-    store = stores()
+def test_verify_finds_a_dropped_index_and_other_text_and_repair_fixes_both(pg_stores, pg_conninfo):
+    store = pg_stores()
     store.conn.execute("INSERT INTO records VALUES ('1', 'alpha timeout', 'a'), "
                        "('2', 'beta nul\x01 here', 'a')")
     store.backfill_embeddings()
@@ -134,8 +116,8 @@ def test_verify_finds_a_dropped_index_and_other_text_and_repair_fixes_both(store
     assert [rid for rid, _ in store.search_by_keyword("timeout")] == ["1"]
 
 
-def test_text_with_nul_is_kept_searchable_and_verifies(stores):
-    store = stores()
+def test_text_with_nul_is_kept_searchable_and_verifies(pg_stores):
+    store = pg_stores()
     store.conn.execute("INSERT INTO records VALUES ('1', 'plain text', 'a')")
     store.add_embedding(5, {"body": "before\x00after words"}, "a")
     assert [rid for rid, _ in store.search_by_keyword("after")] == ["5"]

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -219,6 +221,44 @@ def wait_for_line(proc: subprocess.Popen, expected: str) -> None:
         proc.kill()
         _, err = proc.communicate()
         raise AssertionError(f"child said {line!r}, not {expected!r}; stderr:\n{err}")
+
+
+def sigkill_after(proc: subprocess.Popen, delay: float, *, when_ready: bool = True) -> None:
+    """SIGKILL ``proc`` ``delay`` seconds after it said "ready" (or after it started), then
+    reap it and close its pipes."""
+    try:
+        if when_ready:
+            wait_for_line(proc, "ready")
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def writers_beside_readers(readers: list[subprocess.Popen], start_writers, stop: Path,
+                           expected: int) -> None:
+    """Wait until the readers (``reader`` children) are ready, start the writers, wait for
+    them (each says "ready" then "done"), stop the readers, and check each reader's report:
+    no error, searches made while the writers wrote, and every write seen at the end."""
+    for proc in readers:
+        wait_for_line(proc, "ready")
+    writers = start_writers()
+    try:
+        for proc in writers:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+            assert out.split() == ["ready", "done"]
+    finally:
+        stop.touch()
+    for proc in readers:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        report = json.loads(out.splitlines()[-1])
+        assert report["errors"] == []
+        assert report["searches"] > 10, "the readers did not search while the writers wrote"
+        assert report["final_count"] == expected, "a reader missed others' writes"
 
 
 def assert_same_answers(got: list, expected: list, tol: float = 1e-5) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
-import time
 
 import pytest
 from reliability_helpers import (
@@ -19,9 +17,9 @@ from reliability_helpers import (
     assert_searchable,
     fill_notes,
     live_vectors,
+    sigkill_after,
     spawn,
     temp_files,
-    wait_for_line,
 )
 
 N_RECORDS = 160
@@ -46,17 +44,8 @@ def _kill_one(tmp_path, rng: random.Random, mode: str, backend: str) -> str:
         proc = spawn("backfill", str(db_path), backend, "8", str(marks))
     else:
         proc = spawn("saver", str(db_path), backend, str(marks), str(rng.randrange(10**6)))
-    try:
-        if rng.random() < 0.15:
-            time.sleep(rng.uniform(0.0, 0.4))  # sometimes while it starts and opens the store
-        else:
-            wait_for_line(proc, "ready")
-            time.sleep(rng.uniform(0.0, 0.45))
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-        proc.stdout.close()
-        proc.stderr.close()
+    early = rng.random() < 0.15  # sometimes while it starts and opens the store
+    sigkill_after(proc, rng.uniform(0.0, 0.4 if early else 0.45), when_ready=not early)
     return marks.read_text()
 
 

@@ -6,7 +6,6 @@ every search first picks up what other processes committed.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sqlite3
@@ -20,7 +19,7 @@ from reliability_helpers import (
     live_vectors,
     spawn,
     temp_files,
-    wait_for_line,
+    writers_beside_readers,
 )
 
 from embeddable_db import HashingEncoder
@@ -36,28 +35,10 @@ def test_four_writers_two_readers(tmp_path, backend):
     Notes(db_path, backend=backend).shut()  # the schema exists before the crowd arrives
     stop = tmp_path / "stop"
     readers = [spawn("reader", str(db_path), backend, str(stop)) for _ in range(READERS)]
-    for proc in readers:
-        wait_for_line(proc, "ready")
-    writers = [
+    writers_beside_readers(readers, lambda: [
         spawn("writer", str(db_path), backend, str(1 + w * PER_WRITER), str(PER_WRITER))
         for w in range(WRITERS)
-    ]
-    try:
-        for proc in writers:
-            out, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-            assert out.split() == ["ready", "done"]
-    finally:
-        stop.touch()
-    reports = []
-    for proc in readers:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        reports.append(json.loads(out.splitlines()[-1]))
-    for report in reports:
-        assert report["errors"] == []
-        assert report["searches"] > 10, "the readers did not search while the writers wrote"
-        assert report["final_count"] == WRITERS * PER_WRITER, "a reader missed others' writes"
+    ], stop, WRITERS * PER_WRITER)
 
     vectors = live_vectors(db_path)
     assert sorted(vectors, key=int) == [str(i) for i in range(1, WRITERS * PER_WRITER + 1)]

@@ -4,9 +4,11 @@ a full hash scan of the table would want them."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import sqlite3
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,10 @@ from hypothesis import strategies as st
 from conftest import CountingEncoder
 from embeddable_db import TableStore
 
-# Three shapes of key: an INTEGER PRIMARY KEY, the implicit rowid of a table with a composite
-# primary key, and a text key of a WITHOUT ROWID table. Each has a second UNIQUE column, so
-# REPLACE can delete a row without firing its delete trigger.
+# Four shapes of key: an INTEGER PRIMARY KEY, the implicit rowid of a table with a composite
+# primary key, a text key of a WITHOUT ROWID table, and a text key of a table with a rowid (so
+# appended rows are found by rowid, and a REPLACE gives the replacing row a new one). Each has
+# a second UNIQUE column, so REPLACE can delete a row without firing its delete trigger.
 SHAPES = {
     "integer": ("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT, tag TEXT UNIQUE, other INT)",
                 "id", lambda k: k),
@@ -26,6 +29,8 @@ SHAPES = {
               "PRIMARY KEY (a, b))", "rowid", lambda k: k),
     "text": ("CREATE TABLE t (k TEXT PRIMARY KEY, body TEXT, tag TEXT UNIQUE, other INT) "
              "WITHOUT ROWID", "k", lambda k: f"k{k}"),
+    "text_rowid": ("CREATE TABLE t (k TEXT NOT NULL UNIQUE, body TEXT, tag TEXT UNIQUE, "
+                   "other INT)", "k", lambda k: f"k{k}"),
 }
 
 keys = st.integers(1, 6)
@@ -35,6 +40,8 @@ OPS = st.one_of(
     st.tuples(st.just("insert"), keys, bodies, tags),
     st.tuples(st.just("replace"), keys, bodies, tags),
     st.tuples(st.just("upsert"), keys, bodies, tags),
+    # an explicit rowid, below or above the largest: at or below the high mark it is logged
+    st.tuples(st.just("insert_at_rowid"), st.integers(1, 9), keys, bodies, tags),
     st.tuples(st.just("update_body"), keys, bodies),
     st.tuples(st.just("update_other"), keys, st.integers(0, 3)),
     st.tuples(st.just("update_or_replace_tag"), keys, tags),
@@ -65,7 +72,17 @@ def apply(conn: sqlite3.Connection, shape: str, op: tuple) -> None:
 
     try:
         with conn:
-            if name in ("insert", "replace", "upsert"):
+            if name == "insert_at_rowid":
+                rowid, k, body, tag = args
+                if shape == "text":  # WITHOUT ROWID: a plain insert
+                    conn.execute("INSERT INTO t (k, body, tag) VALUES (?, ?, ?)", (key(k), body, tag))
+                elif shape == "integer":  # the key is the rowid
+                    conn.execute("INSERT INTO t (id, body, tag) VALUES (?, ?, ?)", (rowid, body, tag))
+                else:
+                    names, values = cols(k)
+                    conn.execute(f"INSERT INTO t (rowid, {', '.join(names)}, body, tag) VALUES "
+                                 f"({', '.join('?' * (len(names) + 3))})", (rowid, *values, body, tag))
+            elif name in ("insert", "replace", "upsert"):
                 k, body, tag = args
                 names, values = cols(k)
                 verb = {"insert": "INSERT", "replace": "INSERT OR REPLACE", "upsert": "INSERT"}[name]
@@ -111,6 +128,8 @@ def assert_as_a_full_scan_wants(store: TableStore) -> None:
 @example(ops=REPLACED)
 @example(ops=REPLACED_BY_UPDATE)
 @example(ops=[("insert", 1, "alpha", None), ("backfill",), ("change_key", 1, 2)])
+@example(ops=[("insert", 1, "alpha", None), ("insert", 2, "beta", None), ("backfill",),
+              ("delete", 2), ("insert", 3, "gamma", None)])  # the largest rowid given again
 def test_a_backfill_of_the_recorded_changes_equals_a_full_scan(shape, ops):
     folder = Path(tempfile.mkdtemp())
     try:
@@ -153,3 +172,109 @@ def test_recursive_triggers_on_another_connection_change_nothing(tmp_path):
     assert_as_a_full_scan_wants(store)
     store.close()
     conn.close()
+
+
+def change_rows(path: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT count(*) FROM notes_embeddings_changes").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def insert_trigger_sql(path: str) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' "
+                            "AND name = 'notes_embeddings_after_insert'").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_appended_rows_log_nothing_and_the_backfill_embeds_exactly_them(tmp_path):
+    """An ordinary insert (the next rowid) costs the user's write no change-log row; the
+    backfill still finds each appended row by its rowid, and only those."""
+    path = str(tmp_path / "app.db")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.executemany("INSERT INTO notes(body) VALUES (?)", [(f"note {i}",) for i in range(4)])
+    conn.commit()
+    encoder = CountingEncoder(16)
+    store = TableStore(path, "notes", columns=["body"], encoder=encoder)
+    try:
+        assert store.backfill_embeddings().embedded == 4
+        assert "WHEN NEW.rowid <= 4 " in insert_trigger_sql(path)
+        with conn:
+            conn.executemany("INSERT INTO notes(body) VALUES (?)",
+                             [(f"appended {i}",) for i in range(50)])
+        assert change_rows(path) == 0  # nothing logged for the user's appends
+        assert store.pending_changes() == 50 and store.backfill_plan().missing == 50
+        before = encoder.texts_encoded
+        result = store.backfill_embeddings()
+        assert (result.embedded, result.reembedded, result.unchanged) == (50, 0, 0)
+        assert encoder.texts_encoded == before + 50
+        assert "WHEN NEW.rowid <= 54 " in insert_trigger_sql(path)  # the mark followed
+        assert store.changes_trusted() and store.pending_changes() == 0
+        assert store.backfill_embeddings().processed == 0
+        # rowids at or below the mark are logged: one given again after its row was deleted,
+        # and the largest, handed out again by SQLite once its row is gone
+        with conn:
+            conn.execute("DELETE FROM notes WHERE id IN (2, 54)")
+            conn.execute("INSERT INTO notes(id, body) VALUES (2, 'two, written again')")
+            conn.execute("INSERT INTO notes(body) VALUES ('takes rowid 54 again')")
+        assert conn.execute("SELECT max(id) FROM notes").fetchone() == (54,)
+        assert change_rows(path) == 4  # two deletes, two inserts
+        result = store.backfill_embeddings()
+        assert (result.reembedded, result.embedded, result.removed) == (2, 0, 0)
+        assert_as_a_full_scan_wants(store)
+    finally:
+        store.close()
+        conn.close()
+
+
+def test_a_writer_beside_repeated_backfills_loses_no_row(tmp_path):
+    """Another connection appends, re-inserts below the mark and deletes while backfills catch
+    up and move the mark: afterwards the vectors are what a full scan wants."""
+    path = str(tmp_path / "app.db")
+    setup = sqlite3.connect(path)
+    setup.execute("PRAGMA journal_mode=WAL")
+    setup.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    setup.commit()
+    setup.close()
+    store = TableStore(path, "notes", columns=["body"], encoder=CountingEncoder(16))
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        rng = random.Random(15)
+        conn = sqlite3.connect(path, timeout=30)
+        try:
+            for i in range(600):
+                with conn:
+                    roll = rng.random()
+                    if roll < 0.6:
+                        conn.execute("INSERT INTO notes(body) VALUES (?)", (f"row {i}",))
+                    elif roll < 0.8:
+                        conn.execute("INSERT OR REPLACE INTO notes(id, body) VALUES (?, ?)",
+                                     (rng.randint(1, i + 1), f"again {i}"))
+                    else:
+                        conn.execute("DELETE FROM notes WHERE id = (SELECT max(id) FROM notes)")
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failures.append(exc)
+        finally:
+            conn.close()
+            done.set()
+
+    writer = threading.Thread(target=write)
+    try:
+        writer.start()
+        while not done.is_set():
+            store.backfill_embeddings(batch_size=16)
+        writer.join()
+        assert not failures
+        store.backfill_embeddings()
+        assert store.changes_trusted()
+        assert_as_a_full_scan_wants(store)
+    finally:
+        done.wait()
+        store.close()

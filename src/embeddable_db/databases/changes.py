@@ -5,7 +5,10 @@ of ``tables/changes.py`` on the tables a database owns it reads only the records
 whoever changed them (this library, plain SQL, another program). One change table per database
 file, ``<name>_embeddings_changes``, holding ``"<kind>:<id>"`` keys; per record table:
 
-- after insert and after delete: the record's key;
+- after insert and after delete: the record's key (every insert: a ``TableStore`` leaves rows
+  appended above its high mark unlogged and finds them by rowid, but here the database's own
+  ``add`` appends rows, writes their vectors in the same transaction and forgets what it
+  logged, so unlogged appends would only make the next backfill read them again);
 - after update of ``id`` and of the columns its record class's ``embedding_text`` reads
   (``EMBEDDED_FIELDS``; every column when a class names none): the new and the old key, so
   a change to a column that is not embedded (a status, a counter) is not even read;

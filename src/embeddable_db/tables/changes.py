@@ -13,7 +13,18 @@ backfill reads only those rows.
 
 The triggers, all in the user's database, on the user's table:
 
-- ``AFTER INSERT``: the new key;
+- ``AFTER INSERT``: the new key; in a table with a rowid (``Triggers(appended_by_rowid=True)``,
+  what a ``TableStore`` asks for) only when the new rowid is at or below the table's *high
+  mark*: the largest rowid when the log last caught up, written into the trigger's SQL. A row
+  appended above it (what an ordinary ``INSERT`` does: SQLite gives the next rowid) logs
+  nothing, which leaves the user's bulk inserts the cost of a trigger that only compares two
+  numbers (1.14× a table without triggers, against 1.27× for one that appends every key). A
+  row given a rowid at or below the mark (an explicit rowid, one reused after the largest was
+  deleted, a ``REPLACE`` of an existing rowid) is logged as before. Every backfill first
+  *catches up* (``catch_up``), in one write transaction, so no writer comes between: the keys
+  of the rows above the mark go into the change table and the trigger is re-created with the
+  new largest rowid as its mark. Every row now above the mark was inserted (or had its rowid
+  changed, which the update trigger logs) after that, so nothing is missed;
 - ``AFTER UPDATE OF`` the key, the embedded columns and the columns ``where`` reads (any
   column when the key is the rowid, which ``UPDATE OF`` cannot name): the old and new key;
 - ``AFTER DELETE``: the old key;
@@ -46,11 +57,13 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ..errors import InvalidInputError
 from .schema import Key, TableInfo, quote
 
 EVENTS = ("after_insert", "after_update", "after_delete", "before_insert", "before_update")
 TOKEN_KEY = "table_changes_token"
 BASIS_KEY = "table_changes_basis"
+MARKS_KEY = "table_changes_marks"  #: {after-insert trigger name: its table's high mark}
 
 
 class Triggers:
@@ -59,13 +72,16 @@ class Triggers:
     ``logged(row)`` is the SQL of the key a row logs, given how the trigger names the row
     (``"NEW."``, ``"OLD."``, or ``""`` inside a SELECT from the table): the key column itself
     for a ``TableStore``, ``'bot:' || NEW."id"`` for the six databases. ``unique`` defaults to
-    the table's unique indexes other than the key.
+    the table's unique indexes other than the key. ``appended_by_rowid`` lets rows appended
+    above the high mark go unlogged (module docstring); the six databases leave it off, since
+    their own ``add`` appends rows whose vectors it writes in the same transaction.
     """
 
     def __init__(
         self, info: TableInfo, key: Key, watched: Iterable[str], prefix: str, *,
         logged: Callable[[str], str] | None = None,
         unique: Iterable[tuple[str, ...]] | None = None,
+        appended_by_rowid: bool = False,
     ) -> None:
         self.info = info
         self.key = key
@@ -75,13 +91,17 @@ class Triggers:
         self.unique = [cols for cols in (info.unique if unique is None else unique)
                        if cols != (key.column,)]
         self.logged = logged if logged is not None else (lambda row: f"{row}{key.expr}")
+        #: How SQL names the rowid, when appended rows are found by it (else None).
+        self.rowid = _rowid_name(info) if appended_by_rowid else None
 
-    def sql(self, log: str, mark: str) -> dict[str, str]:
-        """trigger name -> its SQL, appending to the change table ``log`` (quoted)."""
+    def sql(self, log: str, mark: str, high: int | None = None) -> dict[str, str]:
+        """trigger name -> its SQL, appending to the change table ``log`` (quoted); ``high``
+        is the high mark of a table whose appended rows are found by rowid."""
         table, k, logged = quote(self.info.name), self.key.expr, self.logged
         new_key = f"INSERT INTO {log}(key) VALUES ({logged('NEW.')});"
+        when = "" if self.rowid is None else f"WHEN NEW.{self.rowid} <= {int(high or 0)} "
         out = {
-            "after_insert": f"AFTER INSERT ON {table} BEGIN {mark} {new_key} END",
+            "after_insert": f"AFTER INSERT ON {table} {when}BEGIN {mark} {new_key} END",
             "after_delete": f"AFTER DELETE ON {table} BEGIN {mark} "
                             f"INSERT INTO {log}(key) VALUES ({logged('OLD.')}); END",
         }
@@ -104,6 +124,17 @@ class Triggers:
                 for event, sql in out.items()}
 
 
+def _rowid_name(info: TableInfo) -> str | None:
+    """The rowid's name in SQL; None for a WITHOUT ROWID table, or one whose columns take all
+    of its names (every insert is then logged)."""
+    if not info.has_rowid:
+        return None
+    try:
+        return info.rowid_alias()
+    except InvalidInputError:
+        return None
+
+
 class ChangeLog:
     """One change table and the triggers of the tables that append to it, trusted as the
     module docstring says. A ``TableStore`` has one table's triggers, a six-database file one
@@ -117,10 +148,16 @@ class ChangeLog:
         self.names = [name for t in self.triggers for name in t.names.values()]
 
     # -- the SQL --------------------------------------------------------------------------------
-    def expected(self, token: str) -> dict[str, str]:
+    def expected(self, token: str, marks: dict[str, int] | None = None) -> dict[str, str]:
         """trigger name -> the exact SQL ``sqlite_master`` holds for it once installed."""
         log, mark = quote(self.table), f"/* embeddable_db change log {token} */"
-        return {name: sql for t in self.triggers for name, sql in t.sql(log, mark).items()}
+        marks = self.marks() if marks is None else marks
+        return {name: sql for t in self.triggers
+                for name, sql in t.sql(log, mark, marks.get(t.names["after_insert"])).items()}
+
+    @property
+    def _marked(self) -> list[Triggers]:
+        return [t for t in self.triggers if t.rowid is not None]
 
     # -- state ----------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -135,6 +172,23 @@ class ChangeLog:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    def marks(self) -> dict[str, int]:
+        raw = self.meta(MARKS_KEY)
+        return json.loads(raw) if raw else {}
+
+    def _largest_rowid(self, t: Triggers) -> int:
+        (largest,) = self.conn.execute(
+            f"SELECT COALESCE(MAX({t.rowid}), 0) FROM main.{quote(t.info.name)}"
+        ).fetchone()
+        return int(largest)
+
+    def appended(self) -> list[tuple[Triggers, int]]:
+        """(triggers, high mark) of each table with rows above its mark: rows no trigger
+        logged, which the next backfill reads (by rowid: one index seek when there are none)."""
+        marks = self.marks()
+        return [(t, marks.get(t.names["after_insert"], 0)) for t in self._marked
+                if self._largest_rowid(t) > marks.get(t.names["after_insert"], 0)]
 
     def installed(self) -> dict[str, str]:
         names = self.names
@@ -172,9 +226,32 @@ class ChangeLog:
         )
         self._drop_triggers()
         token = uuid.uuid4().hex
-        for sql in self.expected(token).values():
+        marks = {t.names["after_insert"]: self._largest_rowid(t) for t in self._marked}
+        for sql in self.expected(token, marks).values():
             self.conn.execute(sql)
         self.set_meta(TOKEN_KEY, token)
+        self.set_meta(MARKS_KEY, json.dumps(marks, sort_keys=True))
+
+    def catch_up(self) -> int:
+        """Log the keys of the rows appended above each high mark and raise the mark to the
+        largest rowid (module docstring), inside the caller's write transaction, with the
+        triggers in place. Returns how many rows it logged."""
+        appended = self.appended()
+        if not appended:
+            return 0
+        marks, logged, token = self.marks(), 0, self.meta(TOKEN_KEY)
+        assert token is not None, "catch_up() needs the triggers installed"
+        for t, high in appended:
+            name = t.names["after_insert"]
+            logged += self.conn.execute(
+                f"INSERT INTO {quote(self.table)}(key) SELECT {t.logged('')} "
+                f"FROM main.{quote(t.info.name)} WHERE {t.rowid} > ? ORDER BY {t.rowid}", (high,),
+            ).rowcount
+            marks[name] = self._largest_rowid(t)
+            self.conn.execute(f"DROP TRIGGER main.{quote(name)}")
+            self.conn.execute(self.expected(token, marks)[name])
+        self.set_meta(MARKS_KEY, json.dumps(marks, sort_keys=True))
+        return logged
 
     def _drop_triggers(self) -> None:
         for name in self.names:
@@ -186,13 +263,16 @@ class ChangeLog:
         self.conn.execute(f"DROP TABLE IF EXISTS main.{quote(self.table)}")
 
     def pending(self) -> tuple[int, list[Any]]:
-        """(the last change's seq, the distinct keys changed up to it)."""
+        """(the last change's seq, the distinct keys changed up to it, and those of rows
+        appended above a high mark that no ``catch_up`` has logged yet)."""
         last = self.last_seq()
-        if not last:
-            return 0, []
         keys = [row[0] for row in self.conn.execute(
             f"SELECT DISTINCT key FROM {quote(self.table)} WHERE seq <= ?", (last,)
-        )]
+        )] if last else []
+        for t, high in self.appended():
+            keys.extend(row[0] for row in self.conn.execute(
+                f"SELECT {t.logged('')} FROM main.{quote(t.info.name)} WHERE {t.rowid} > ?", (high,)
+            ))
         return last, keys
 
     def last_seq(self) -> int:

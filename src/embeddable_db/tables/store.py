@@ -109,7 +109,8 @@ class TableStore(ChangeTracking, EmbeddableDBMixin):
                     self._log.install()
 
     def _change_log(self, watched: tuple[str, ...]) -> ChangeLog:
-        triggers = Triggers(self.table_info, self._key, watched, self.embedding_table)
+        triggers = Triggers(self.table_info, self._key, watched, self.embedding_table,
+                            appended_by_rowid=True)
         return ChangeLog(self.conn, self.embedding_table, [triggers])
 
     # -- settings --------------------------------------------------------------------------------

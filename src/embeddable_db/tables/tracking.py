@@ -37,11 +37,14 @@ class ChangeTracking:
 
     def _log_in_place(self) -> None:
         """(Re)install triggers dropped or altered since the store opened (their log starts
-        now, so this backfill is a full scan)."""
+        now, so this backfill is a full scan); else log the rows appended above the high mark
+        (``changes.py``), so that the log holds every change before the backfill reads it."""
         if self._log is not None and not self.conn.in_transaction:
             with self.embedding_transaction():
                 if not self._log.in_place():
                     self._log.install()
+                else:
+                    self._log.catch_up()
 
     def backfill_embeddings(
         self,

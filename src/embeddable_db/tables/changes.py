@@ -24,7 +24,10 @@ The triggers, all in the user's database, on the user's table:
   *catches up* (``catch_up``), in one write transaction, so no writer comes between: the keys
   of the rows above the mark go into the change table and the trigger is re-created with the
   new largest rowid as its mark. Every row now above the mark was inserted (or had its rowid
-  changed, which the update trigger logs) after that, so nothing is missed;
+  changed, which the update trigger logs) after that, so nothing is missed. The mark is a
+  literal, not read from a table, because a subquery run for every row costs about what
+  appending the key does; re-creating the trigger is a schema change, so other connections
+  prepare their statements again once after a backfill that found appended rows;
 - ``AFTER UPDATE OF`` the key, the embedded columns and the columns ``where`` reads (any
   column when the key is the rowid, which ``UPDATE OF`` cannot name): the old and new key;
 - ``AFTER DELETE``: the old key;
@@ -38,7 +41,7 @@ The triggers, all in the user's database, on the user's table:
 
 When the log can be trusted (``trusted``): every trigger is in ``sqlite_master`` with exactly
 the SQL this module would write now, including the token written into it when it was installed
-and recorded in the store's meta table, and the last full scan (a backfill that read every row)
+and the high marks, both recorded in the store's meta table, and the last full scan (a backfill that read every row)
 finished with this token, this model, ``embedding_version`` and text settings (the "basis").
 So a table whose triggers someone dropped, edited or re-created, a schema change that alters
 what the triggers must watch (a renamed column, a new unique index), or a store opened with

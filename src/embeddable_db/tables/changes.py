@@ -18,9 +18,10 @@ The triggers, all in the user's database, on the user's table:
   mark*: the largest rowid when the log last caught up, written into the trigger's SQL. A row
   appended above it (what an ordinary ``INSERT`` does: SQLite gives the next rowid) logs
   nothing, which leaves the user's bulk inserts the cost of a trigger that only compares two
-  numbers (1.14× a table without triggers, against 1.27× for one that appends every key). A
-  row given a rowid at or below the mark (an explicit rowid, one reused after the largest was
-  deleted, a ``REPLACE`` of an existing rowid) is logged as before. Every backfill first
+  numbers (1.04–1.08× a table without triggers, against 1.26–1.38× when every key was
+  appended: ``bench_scale_tables.py``). A row given a rowid at or below the mark (an explicit
+  rowid, one reused after the largest was deleted, a ``REPLACE`` of an existing rowid) is
+  logged as before. Every backfill first
   *catches up* (``catch_up``), in one write transaction, so no writer comes between: the keys
   of the rows above the mark go into the change table and the trigger is re-created with the
   new largest rowid as its mark. Every row now above the mark was inserted (or had its rowid
@@ -41,8 +42,9 @@ The triggers, all in the user's database, on the user's table:
 
 When the log can be trusted (``trusted``): every trigger is in ``sqlite_master`` with exactly
 the SQL this module would write now, including the token written into it when it was installed
-and the high marks, both recorded in the store's meta table, and the last full scan (a backfill that read every row)
-finished with this token, this model, ``embedding_version`` and text settings (the "basis").
+and the high marks, both recorded in the store's meta table, and the last full scan (a
+backfill that read every row) finished with this token, this model, ``embedding_version``
+and text settings (the "basis").
 So a table whose triggers someone dropped, edited or re-created, a schema change that alters
 what the triggers must watch (a renamed column, a new unique index), or a store opened with
 another model or text settings all lead to a full scan, after which the log is trusted again.

@@ -278,3 +278,38 @@ def test_a_writer_beside_repeated_backfills_loses_no_row(tmp_path):
     finally:
         done.wait()
         store.close()
+
+
+@pytest.mark.parametrize("columns, logs_appends", [
+    ("rowid TEXT, body TEXT", False),  # the rowid is then named _rowid_ in the trigger
+    ("rowid TEXT, _rowid_ TEXT, oid TEXT, k TEXT UNIQUE, body TEXT", True),  # it has no name
+])
+def test_a_column_named_rowid_still_finds_appended_rows(tmp_path, columns, logs_appends):
+    path = str(tmp_path / "app.db")
+    conn = sqlite3.connect(path)
+    conn.execute(f"CREATE TABLE notes ({columns})")
+    named = "k" in columns
+    insert = ("INSERT INTO notes (rowid, k, body) VALUES (?, ?, ?)" if named
+              else "INSERT INTO notes (rowid, body) VALUES (?, ?)")
+
+    def rows(start, n):
+        return [(f"r{i}", f"k{i}", f"body {i}") if named else (f"r{i}", f"body {i}")
+                for i in range(start, start + n)]
+
+    with conn:
+        conn.executemany(insert, rows(0, 3))
+    store = TableStore(path, "notes", columns=["body"], key="k" if named else None,
+                       encoder=CountingEncoder(16))
+    try:
+        store.backfill_embeddings()
+        with conn:
+            conn.executemany(insert, rows(3, 4))
+        assert change_rows(path) == (4 if logs_appends else 0)
+        assert ("WHEN NEW._rowid_ <= 3 " in insert_trigger_sql(path)) is not logs_appends
+        assert store.pending_changes() == 4
+        assert store.backfill_embeddings().embedded == 4
+        assert store.pending_changes() == 0 and store.backfill_embeddings().processed == 0
+        assert_as_a_full_scan_wants(store)
+    finally:
+        store.close()
+        conn.close()

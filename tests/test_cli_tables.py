@@ -206,3 +206,20 @@ def test_store_file_leaves_the_database_untouched(app_db, tmp_path):
     assert list(csv.reader(io.StringIO(found.stdout)))[1][1] == "2"
     assert "hash scan" in cli("tables", app_db, "--store", vectors).stdout
     assert cli("search", app_db, "notes", "x").returncode == 2  # not embedded in app.db itself
+
+
+def test_an_empty_result_says_why(app_db):
+    """No hits is not an error (exit 0), but the line says what to change; JSON stays []."""
+    assert cli("embed", app_db, "notes", "-c", "body", "--where", "rank > 5", *HASH).returncode == 0
+    nothing_yet = cli("search", app_db, "notes", "pages")
+    assert nothing_yet.returncode == 0
+    assert "has a vector yet" in nothing_yet.stdout and "embed" in nothing_yet.stdout
+    assert cli("embed", app_db, "notes", "-c", "body", "--replace", *HASH).returncode == 0
+    filtered = cli("search", app_db, "notes", "pages", "--where", "rank > 2; drop table notes")
+    assert filtered.returncode == 0
+    assert "no embedded row matches --where 'rank > 2; drop table notes'" in filtered.stdout
+    assert json.loads(cli("search", app_db, "notes", "pages", "--where", "rank>9",
+                          "--json").stdout) == []
+    keyword = cli("search", app_db, "notes", "zebra", "--mode", "keyword")
+    assert "no row matches the query" in keyword.stdout
+    assert len(dump_table(app_db, "notes")) == 3  # the bound value dropped nothing

@@ -234,7 +234,7 @@ def run_similar(args: argparse.Namespace) -> int:
         raise _not_embedded(args, found.table)
     with opened(args, found) as store:
         hits = store.similar(args.key, args.top_k)
-        show_rows(args, store, hits, "_distance")
+        show_rows(args, store, hits, "_distance", empty="no other row has a vector yet")
     return 0
 
 
@@ -252,11 +252,26 @@ def run_table_search(args: argparse.Namespace) -> int:
             where[field] = spec
     with opened(args, found) as store:
         hits = store.search(args.query, args.top_k, mode=args.mode, where=where)
-        show_rows(args, store, hits, "_distance" if args.mode == "vector" else "_score")
+        if hits:
+            empty = ""
+        elif not store.embedding_count():
+            empty = (f"no row of {found.table!r} has a vector yet: run `{args.prog} embed "
+                     f"{args.db} {found.table}`")
+        elif where:
+            empty = ("no embedded row matches --where " + " ".join(repr(w) for w in args.where)
+                     + " (values are compared as written, after the operator)")
+        else:
+            empty = "no row matches the query" + (" (keyword mode needs one of its words)"
+                                                  if args.mode == "keyword" else "")
+        show_rows(args, store, hits, "_distance" if args.mode == "vector" else "_score",
+                  empty=empty)
     return 0
 
 
-def show_rows(args: argparse.Namespace, store: TableStore, hits: list[dict], label: str) -> None:
+def show_rows(args: argparse.Namespace, store: TableStore, hits: list[dict], label: str,
+              *, empty: str) -> None:
+    """The hits as a table, JSON or CSV; ``empty`` says why there are none (on a terminal's
+    table output only: JSON and CSV stay parseable)."""
     info = store.table_info
     if args.show:
         columns = list(dict.fromkeys(info.column(c, "--column") for c in args.show))
@@ -275,7 +290,7 @@ def show_rows(args: argparse.Namespace, store: TableStore, hits: list[dict], lab
     elif rows:
         print_table([header, *[(f"{row[0]:.3f}", *(_short(v) for v in row[1:])) for row in rows]])
     else:
-        print("no rows found (has the table been embedded?)")
+        print(empty)
 
 
 def _short(value: Any) -> str:

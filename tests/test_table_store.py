@@ -359,3 +359,25 @@ def test_read_only_searches_and_writes_nothing(db, opened):
         reader.drop()
     reader.close()
     assert file_bytes(*paths) == before
+
+
+def test_a_lock_held_too_long_says_what_to_do(db):
+    """SQLite's bare "database is locked" becomes an error that says who holds it and what to
+    do (the CLI prints it for a lock met at open or during a backfill)."""
+    from embeddable_db.handle import is_locked, sqlite_error
+
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    waiter = sqlite3.connect(db, timeout=0.05)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            waiter.execute("SELECT count(*) FROM notes").fetchone()
+    finally:
+        waiter.close()
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert is_locked(caught.value)
+    message = str(sqlite_error(db, caught.value))
+    assert db in message and "another connection held a lock" in message
+    assert "run this again once that program has committed" in message
+    assert not is_locked(sqlite3.OperationalError("no such table: x"))

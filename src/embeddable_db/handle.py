@@ -59,6 +59,12 @@ class Handle:
             )
 
 
+def is_locked(exc: BaseException) -> bool:
+    """SQLite gave up waiting for another connection's lock (``SQLITE_BUSY``/``LOCKED``)."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc))
+
+
 def sqlite_error(path: str, exc: sqlite3.Error) -> EmbeddingError:
     """SQLite's error as one that names the database file and what to do."""
     folder = os.path.dirname(path) or "."
@@ -68,6 +74,12 @@ def sqlite_error(path: str, exc: sqlite3.Error) -> EmbeddingError:
         return ReadOnlyError(
             f"cannot write {path}: {exc}: make it writable, or open it with read_only=True "
             "to only read it"
+        )
+    if is_locked(exc):
+        return EmbeddingError(
+            f"cannot use {path}: {exc}: another connection held a lock on it for the whole "
+            "busy timeout; run this again once that program has committed or closed its "
+            "transaction"
         )
     return EmbeddingError(f"cannot use {path}: {exc}")
 

@@ -25,6 +25,7 @@ from typing import Any
 from ..encoder import model_identity
 from ..errors import EmbeddingError, InvalidInputError
 from ..filters import parse_where_option
+from ..handle import is_locked, sqlite_error
 from ..options import store_paths
 from ..tables.schema import describe, quote
 from ..tables.store import SETTINGS_KEY, TableStore, store_table_name
@@ -314,6 +315,8 @@ def usage_errors(run):
         except InvalidInputError as exc:
             raise UsageError(f"{args.prog} {args.command}: error: {exc}") from None
         except (EmbeddingError, sqlite3.Error, OSError) as exc:
+            if is_locked(exc):  # what to do about it, as at open (handle.sqlite_error)
+                exc = sqlite_error(str(args.db), exc)
             warn(f"{args.prog} {args.command}: error: {exc}")
             return 1
 

@@ -313,3 +313,28 @@ def test_a_column_named_rowid_still_finds_appended_rows(tmp_path, columns, logs_
     finally:
         store.close()
         conn.close()
+
+
+@pytest.mark.parametrize("recorded", ["not json", '["a list"]', '{"notes_embeddings_after_insert": "4"}'])
+def test_a_damaged_record_of_the_mark_means_a_full_scan_not_a_crash(tmp_path, recorded):
+    path = str(tmp_path / "app.db")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.executemany("INSERT INTO notes(body) VALUES (?)", [(f"note {i}",) for i in range(4)])
+    conn.commit()
+    first = TableStore(path, "notes", columns=["body"], encoder=CountingEncoder(16))
+    first.backfill_embeddings()
+    first.close()
+    with conn:
+        conn.execute("UPDATE notes_embeddings_meta SET value = ? WHERE key = 'table_changes_marks'",
+                     (recorded,))
+        conn.execute("UPDATE notes SET body = 'changed while the record was damaged' WHERE id = 2")
+    store = TableStore(path, "notes", columns=["body"], encoder=CountingEncoder(16))
+    try:
+        result = store.backfill_embeddings()  # triggers installed again: a full hash scan
+        assert (result.processed, result.reembedded) == (4, 1) and store.changes_trusted()
+        assert "WHEN NEW.rowid <= 4 " in insert_trigger_sql(path)
+        assert_as_a_full_scan_wants(store)
+    finally:
+        store.close()
+        conn.close()

@@ -21,14 +21,14 @@ The triggers, all in the user's database, on the user's table:
   numbers (1.04–1.08× a table without triggers, against 1.26–1.38× when every key was
   appended: ``bench_scale_tables.py``). A row given a rowid at or below the mark (an explicit
   rowid, one reused after the largest was deleted, a ``REPLACE`` of an existing rowid) is
-  logged as before. Every backfill first
-  *catches up* (``catch_up``), in one write transaction, so no writer comes between: the keys
-  of the rows above the mark go into the change table and the trigger is re-created with the
-  new largest rowid as its mark. Every row now above the mark was inserted (or had its rowid
-  changed, which the update trigger logs) after that, so nothing is missed. The mark is a
-  literal, not read from a table, because a subquery run for every row costs about what
-  appending the key does; re-creating the trigger is a schema change, so other connections
-  prepare their statements again once after a backfill that found appended rows;
+  logged as before. Every backfill first *catches up* (``catch_up``), in one write
+  transaction, so no writer comes between: the keys of the rows above the mark go into the
+  change table and the trigger is re-created with the new largest rowid as its mark. Every
+  row now above the mark was inserted (or had its rowid changed, which the update trigger
+  logs) after that, so nothing is missed. The mark is a literal, not read from a table,
+  because a subquery run for every row costs about what appending the key does; re-creating
+  the trigger is a schema change, so other connections prepare their statements again once
+  after a backfill that found appended rows;
 - ``AFTER UPDATE OF`` the key, the embedded columns and the columns ``where`` reads (any
   column when the key is the rowid, which ``UPDATE OF`` cannot name): the old and new key;
 - ``AFTER DELETE``: the old key;
@@ -179,8 +179,16 @@ class ChangeLog:
         )
 
     def marks(self) -> dict[str, int]:
-        raw = self.meta(MARKS_KEY)
-        return json.loads(raw) if raw else {}
+        """The recorded high marks; an unreadable record reads as none, so the installed
+        triggers no longer match what is expected, and are installed again (a full scan)."""
+        try:
+            raw = json.loads(self.meta(MARKS_KEY) or "{}")
+        except ValueError:
+            return {}
+        if not isinstance(raw, dict):
+            return {}
+        return {name: high for name, high in raw.items()
+                if isinstance(high, int) and not isinstance(high, bool)}
 
     def _largest_rowid(self, t: Triggers) -> int:
         (largest,) = self.conn.execute(

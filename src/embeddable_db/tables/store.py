@@ -6,7 +6,8 @@ and the text of the named columns (or of a ``template``) is what is embedded. Ev
 method works on it; ``search`` returns the rows themselves.
 
 It never changes a row of the user's table. By default it installs triggers that record which
-rows changed (``changes.py``), so a backfill reads only those; ``track_changes=False`` leaves
+rows changed (``changes.py``; rows appended with the next rowid are found by their rowid, above
+the table's high mark), so a backfill reads only those; ``track_changes=False`` leaves
 the user's schema untouched (every backfill then compares a hash of every row's text).
 ``store="app.vectors.db"`` keeps the vectors, the keyword index and the index files in another
 SQLite file: the connection's main database is then that file and the user's is attached

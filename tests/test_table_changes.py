@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -233,15 +235,16 @@ def test_appended_rows_log_nothing_and_the_backfill_embeds_exactly_them(tmp_path
 
 
 def test_a_writer_beside_repeated_backfills_loses_no_row(tmp_path):
-    """Another connection appends, re-inserts below the mark and deletes while backfills catch
-    up and move the mark: afterwards the vectors are what a full scan wants."""
+    """Another connection appends, re-inserts below the mark and deletes while backfills in
+    this process and in another catch up and move the mark: afterwards the vectors are what a
+    full scan wants."""
     path = str(tmp_path / "app.db")
     setup = sqlite3.connect(path)
     setup.execute("PRAGMA journal_mode=WAL")
     setup.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
     setup.commit()
     setup.close()
-    store = TableStore(path, "notes", columns=["body"], encoder=CountingEncoder(16))
+    store = TableStore(path, "notes", columns=["body"], model_name="hash:16")
     done = threading.Event()
     failures: list[BaseException] = []
 
@@ -266,18 +269,38 @@ def test_a_writer_beside_repeated_backfills_loses_no_row(tmp_path):
             done.set()
 
     writer = threading.Thread(target=write)
+    stop = tmp_path / "stop"
+    other = subprocess.Popen([sys.executable, "-c", OTHER_BACKFILLER, path, str(stop)],
+                             stderr=subprocess.PIPE, text=True)
     try:
         writer.start()
         while not done.is_set():
             store.backfill_embeddings(batch_size=16)
         writer.join()
         assert not failures
+        stop.touch()
+        _, errors = other.communicate(timeout=120)
+        assert other.returncode == 0, errors
         store.backfill_embeddings()
         assert store.changes_trusted()
         assert_as_a_full_scan_wants(store)
     finally:
         done.wait()
+        stop.touch()
+        other.wait(timeout=120)
         store.close()
+
+
+# A second process backfilling the same table meanwhile, as a scheduled job would.
+OTHER_BACKFILLER = """
+import os, sys
+from embeddable_db import TableStore
+path, stop = sys.argv[1], sys.argv[2]
+store = TableStore(path, "notes", columns=["body"], model_name="hash:16")
+while not os.path.exists(stop):
+    store.backfill_embeddings(batch_size=16)
+store.close()
+"""
 
 
 @pytest.mark.parametrize("columns, logs_appends", [
@@ -337,4 +360,78 @@ def test_a_damaged_record_of_the_mark_means_a_full_scan_not_a_crash(tmp_path, re
         assert_as_a_full_scan_wants(store)
     finally:
         store.close()
+        conn.close()
+
+
+def interfering(store: TableStore, interfere) -> None:
+    """Make ``store``'s next backfill read its changed rows, then let ``interfere()`` run (as
+    another program would) before the backfill reads what is stored beside their vectors."""
+    original = store._records_of
+
+    def records_of(keys):
+        rows = list(original(keys))
+        store._records_of = original  # once
+        interfere()
+        yield from rows
+
+    store._records_of = records_of
+
+
+def two_stores(tmp_path, rows):
+    path = str(tmp_path / "app.db")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.executemany("INSERT INTO notes(id, body) VALUES (?, ?)", rows)
+    conn.commit()
+    first = TableStore(path, "notes", columns=["body"], model_name="hash:16")
+    first.backfill_embeddings()
+    second = TableStore(path, "notes", columns=["body"], model_name="hash:16")
+    return path, conn, first, second
+
+
+def test_a_backfill_never_writes_over_a_newer_vector_made_meanwhile(tmp_path):
+    """Backfill B reads row 1 as "old"; the row becomes "new" and backfill A embeds it and
+    forgets the change; B then finds A's vector: it must not write "old" over it."""
+    path, conn, a, b = two_stores(tmp_path, [(1, "old"), (2, "two")])
+    try:
+        run_sql = lambda sql: conn.execute(sql) and conn.commit()  # noqa: E731
+        run_sql("UPDATE notes SET body = 'older' WHERE id = 1")
+
+        def meanwhile():
+            run_sql("UPDATE notes SET body = 'new' WHERE id = 1")
+            assert a.backfill_embeddings().reembedded == 1
+
+        interfering(b, meanwhile)
+        result = b.backfill_embeddings()
+        assert (result.reembedded, result.unchanged) == (0, 1)  # left as A made it
+        assert_as_a_full_scan_wants(b)
+        assert b.pending_changes() == 1  # kept for the next run, which finds it current
+        assert b.backfill_embeddings().unchanged == 1
+    finally:
+        for store in (a, b):
+            store.close()
+        conn.close()
+
+
+def test_a_backfill_keeps_the_vector_of_a_row_that_came_back(tmp_path):
+    """Backfill B finds row 1 deleted; it comes back with the same text and backfill A judges
+    its vector current and forgets the change; B must not then remove that vector."""
+    path, conn, a, b = two_stores(tmp_path, [(1, "one"), (2, "two")])
+    try:
+        conn.execute("DELETE FROM notes WHERE id = 1")
+        conn.commit()
+
+        def meanwhile():
+            conn.execute("INSERT INTO notes(id, body) VALUES (1, 'one')")
+            conn.commit()
+            assert a.backfill_embeddings().unchanged == 1
+
+        interfering(b, meanwhile)
+        result = b.backfill_embeddings()
+        assert result.removed == 0
+        assert_as_a_full_scan_wants(b)
+        assert b.embedding_count() == 2
+    finally:
+        for store in (a, b):
+            store.close()
         conn.close()

@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +69,14 @@ class Source:
     #: change reads nothing. None: every record is read.
     only: Collection[str] | None = None
     #: Called with the result once a backfill has run to its end (not a dry run or a plan,
-    #: not an interrupted run): such a store may then forget the changes it handed over.
-    completed: Callable[[BackfillResult], None] | None = None
+    #: not an interrupted run): such a store may then forget the changes it handed over,
+    #: except those of the keys also given, whose vectors another writer changed while this
+    #: run encoded them (what that writer wrote may be older than the record).
+    completed: Callable[[BackfillResult, list[str]], None] | None = None
+    #: Of these keys (the run's orphans), those that still name no record, read inside the
+    #: transaction that removes their vectors: a record that came back meanwhile keeps its
+    #: vector, which another run may already have judged current. None: all of them.
+    still_gone: Callable[[list[str]], list[str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +146,10 @@ def run(
     result = BackfillResult()
     started = time.perf_counter()
     limit = batch_size * WINDOW_BATCHES
-    skipped = 0  # rewritten by another writer while their batch was encoded
+    skipped: list[str] = []  # rewritten by another writer while their batch was encoded
 
     def counted() -> None:
-        result.unchanged = walk.plan.unchanged + skipped
+        result.unchanged = walk.plan.unchanged + len(skipped)
         result.failed = len(result.failures)
         result.last_record_id = walk.plan.last_key
 
@@ -157,6 +163,9 @@ def run(
             result.keyword_filled += engine.fill_keywords(items)
 
     walk = _Walk(engine, source, result.failures, read_on, fill)
+    # A store that forgets its logged changes once a run ends (``completed``) must not keep
+    # a vector older than its record: see ``_embed_batch``. Others are walked in full again.
+    began = walk.through_seq if source.completed is not None else None
     try:
         with engine.bulk_load():  # PostgreSQL: a first load builds its index after
             while True:
@@ -164,7 +173,8 @@ def run(
                 final = len(window) < limit
                 window.sort(key=lambda planned: len(planned.item.text or ""))  # stable
                 for start in range(0, len(window), batch_size):
-                    skipped += _embed_batch(engine, source, window[start : start + batch_size], result)
+                    skipped += _embed_batch(engine, source, window[start : start + batch_size],
+                                            result, began)
                     counted()
                     if progress and not (final and start + batch_size >= len(window)):
                         progress(result)
@@ -173,14 +183,17 @@ def run(
                     break
             walk.fill_now()
             gone = walk.orphans()
-            result.removed = len(gone)
             with engine.lock:
-                if gone:
-                    engine.remove(gone)
+                if gone:  # not a vector another writer made, nor one of a record come back
+                    with engine.transaction():
+                        if source.still_gone is not None:
+                            gone = source.still_gone(gone)
+                        removed = engine.remove(gone, through_seq=walk.through_seq) if gone else ()
+                    result.removed = len(removed)
                 engine.settle()  # inside: Ctrl-C while saving is reported the same way
             if source.completed is not None:
                 counted()
-                source.completed(result)
+                source.completed(result, skipped)
     except KeyboardInterrupt as exc:
         result.interrupted = True
         result.seconds = time.perf_counter() - started
@@ -198,29 +211,44 @@ def run(
     return result
 
 
-def _embed_batch(engine: Engine, source: Source, batch: list[Planned], result) -> int:
-    """One model call (no lock held) and one committed write (under the lock); returns how
-    many vectors were left alone because another writer changed them meanwhile."""
+def _embed_batch(engine: Engine, source: Source, batch: list[Planned], result,
+                 began: int | None) -> list[str]:
+    """One model call (no lock held) and one committed write (under the lock); returns the
+    keys whose vectors were left alone because another writer changed them meanwhile.
+
+    With ``began`` (the walk's ``last_seq()`` at its start), "meanwhile" is since then, not
+    only since the state was read: a record is read before its stored state, so a vector
+    another writer made between the two, from a newer text, would look like the state the
+    batch was judged against. The check and the write are one transaction (SQLite: BEGIN
+    IMMEDIATE), so no other process writes between them."""
     failures: list[Failure] = []
     rows = source.embed([planned.item for planned in batch], failures)
     for key, error in failures:
         result.failures.append((key, str(error)))
         log.warning("backfill: record %r failed: %s", key, error)
     if not rows:
-        return 0
+        return []
     judged = {planned.item.key: planned.state for planned in batch}
+    keys = [row.record_id for row in rows]
+    # PostgreSQL refuses a backfill inside a transaction (its batches must commit); tracked
+    # stores (``began``) are SQLite files, where BEGIN IMMEDIATE joins the check to the write.
     with engine.lock, ctrl_c_held():  # committed and counted, or neither
-        now = engine.states_of([row.record_id for row in rows])
-        fresh = [row for row in rows if now.get(row.record_id) == judged[row.record_id]]
+        with engine.transaction() if began is not None else nullcontext():
+            now = engine.states_of(keys)
+            late = engine.written_since(keys, began) if began is not None else set()
+            fresh = [row for row in rows if now.get(row.record_id) == judged[row.record_id]
+                     and row.record_id not in late]
+            if fresh:
+                engine.write(fresh, bulk=True)  # the index is built once, by the final flush
+        for row in fresh:
+            if judged[row.record_id] is None:
+                result.embedded += 1
+            else:
+                result.reembedded += 1
         if fresh:
-            engine.write(fresh, bulk=True)  # the index is built once, by the final flush
-            for row in fresh:
-                if judged[row.record_id] is None:
-                    result.embedded += 1
-                else:
-                    result.reembedded += 1
             result.last_committed_id = fresh[-1].record_id
-    return len(rows) - len(fresh)
+    written = {row.record_id for row in fresh}
+    return [row.record_id for row in rows if row.record_id not in written]
 
 
 class _Walk:

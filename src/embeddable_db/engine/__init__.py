@@ -67,8 +67,10 @@ class Engine(Protocol):
         """Insert or replace vectors (durable once the outermost transaction commits).
         ``bulk``: one batch of a backfill, which flushes at its end; upkeep may wait for it."""
 
-    def remove(self, keys: list[str]) -> set[str]:
-        """Drop vectors; returns the keys that had one."""
+    def remove(self, keys: list[str], *, through_seq: int | None = None) -> set[str]:
+        """Drop vectors; returns the keys that had one. With ``through_seq``, only vectors
+        last changed at or before it (a backfill's orphans): one another writer made since
+        stays, judged in the same transaction as the removal."""
 
     def set_version(self, keys: list[str], version: int) -> set[str]:
         """Mark vectors as made for ``version``; returns the keys that had one."""
@@ -80,6 +82,10 @@ class Engine(Protocol):
     # -- reads -----------------------------------------------------------------------------------
     def states_of(self, keys: list[str]) -> dict[str, StoredState]:
         """What the vectors of these keys were made from (keys without a vector are absent)."""
+
+    def written_since(self, keys: list[str], seq: int) -> set[str]:
+        """Those of these keys whose vectors were written or removed after ``seq``
+        (``last_seq()``): by another writer, when a backfill that began at ``seq`` asks."""
 
     def stale_states(
         self, items: list[tuple[str, str, str]], model: str, embedding_version: int

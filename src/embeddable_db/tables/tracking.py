@@ -99,7 +99,8 @@ class ChangeTracking:
             through, raw = log.pending()
             if self._full_scan or not log.trusted(basis):
                 return dataclasses.replace(
-                    source, completed=lambda result: self._completed(through, result, basis)
+                    source, still_gone=self._still_gone,
+                    completed=lambda result, redo: self._completed(through, result, redo, basis),
                 )
         keys: list[str] = []
         for value in dict.fromkeys(raw):
@@ -109,11 +110,19 @@ class ChangeTracking:
                 continue
         keys = list(dict.fromkeys(keys))
         return dataclasses.replace(
-            source, records=lambda: self._records_of(keys), only=keys,
-            completed=lambda result: self._completed(through, result, None),
+            source, records=lambda: self._records_of(keys), only=keys, still_gone=self._still_gone,
+            completed=lambda result, redo: self._completed(through, result, redo, None),
         )
 
-    def _completed(self, through: int, result: BackfillResult, basis: dict | None) -> None:
+    def _still_gone(self, keys: list[str]) -> list[str]:
+        """Those of ``keys`` that name no record now (``backfill.Source.still_gone``)."""
+        present = {check.record_key(raw) for raw, _, _ in self._records_of(keys)}
+        return [key for key in keys if key not in present]
+
+    def _completed(self, through: int, result: BackfillResult, redo: list[str],
+                   basis: dict | None) -> None:
+        """Forget what the run handled; failed records, and those whose vectors another
+        writer changed meanwhile (``backfill.Source.completed``), stay for the next run."""
         assert self._log is not None
         with self.embedding_transaction():
-            self._log.acknowledge(through, [key for key, _ in result.failures], basis)
+            self._log.acknowledge(through, [key for key, _ in result.failures] + redo, basis)

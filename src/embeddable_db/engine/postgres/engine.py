@@ -224,10 +224,12 @@ class PostgresEngine:
         schema.lock_store(self.conn, self.names)
         schema.create_hnsw(self.conn, self.names, dim, self.settings)
 
-    def remove(self, keys: list[str]) -> set[str]:
+    def remove(self, keys: list[str], *, through_seq: int | None = None) -> set[str]:
         with self.lock, self.conn.transaction():
             if not self._refresh_exists():
                 return set()
+            if through_seq is not None:  # a backfill's orphans: none written since it began
+                keys = export.keys_by_seq(self.cur, self.names, keys, "<=", through_seq)
             rows = self.cur.execute(sql.SQL(
                 "DELETE FROM {} WHERE record_id = ANY(%s) RETURNING record_id"
             ).format(self.names.t), (_keys(keys),)).fetchall()
@@ -260,6 +262,12 @@ class PostgresEngine:
             self._exists = schema.table_exists(self.conn, self.names)
         return self._exists
 
+    def written_since(self, keys: list[str], seq: int) -> set[str]:
+        with self.lock, self.conn.transaction():
+            if not keys or not self._refresh_exists():
+                return set()
+            return set(export.keys_by_seq(self.cur, self.names, keys, ">", seq))
+
     def states_of(self, keys: list[str]) -> dict[str, StoredState]:
         with self.lock, self.conn.transaction():
             if not keys or not self._refresh_exists():
@@ -287,10 +295,7 @@ class PostgresEngine:
                 ).format(self.names.t), (after, PAGE))]
                 candidates = [key for key in page if key not in seen]
                 if candidates:
-                    unseen += [row[0] for row in self.cur.execute(sql.SQL(
-                        "SELECT record_id FROM {} WHERE record_id = ANY(%s) "
-                        "AND seq <= %s::text::xid8 ORDER BY record_id"
-                    ).format(self.names.t), (candidates, str(through_seq)))]
+                    unseen += export.keys_by_seq(self.cur, self.names, candidates, "<=", through_seq)
             if len(page) < PAGE:
                 return unseen
             after = page[-1]

@@ -27,6 +27,14 @@ def key_list(keys: list[str]) -> list[str]:
     return [key for key in keys if "\x00" not in key]
 
 
+def keys_by_seq(cur, names: Names, keys: list[str], op: str, seq: int) -> list[str]:
+    """Those of ``keys`` whose vectors' ``seq`` is ``op`` (``<=`` or ``>``) ``seq``, in order:
+    committed before a backfill began, or written since."""
+    return [row[0] for row in cur.execute(sql.SQL(
+        "SELECT record_id FROM {} WHERE record_id = ANY(%s) AND seq {} %s::text::xid8 "
+        "ORDER BY record_id").format(names.t, sql.SQL(op)), (key_list(keys), str(seq)))]
+
+
 def key_page(cur, names: Names, after: str, limit: int) -> list[str]:
     """The next ``limit`` keys after ``after``, in the table's ``record_id`` order (its
     primary key's: the database's collation, which need not be SQLite's)."""

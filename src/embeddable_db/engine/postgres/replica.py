@@ -341,8 +341,8 @@ class ReplicatedEngine(PostgresEngine):
         if rows:
             self._note_commit()
 
-    def remove(self, keys: list[str]) -> set[str]:
-        removed = super().remove(keys)
+    def remove(self, keys: list[str], *, through_seq: int | None = None) -> set[str]:
+        removed = super().remove(keys, through_seq=through_seq)
         self._note_commit()
         return removed
 

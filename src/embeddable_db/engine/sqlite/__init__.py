@@ -156,9 +156,9 @@ class SQLiteEngine:
             # (folding early only built the same vectors again; the delta holds them once).
             self._wrote(math.inf if bulk else None)
 
-    def remove(self, keys: list[str]) -> set[str]:
+    def remove(self, keys: list[str], *, through_seq: int | None = None) -> set[str]:
         with self.lock:
-            removed = self.store.remove(keys)
+            removed = self.store.remove(keys, through_seq=through_seq)
             self._wrote()
         return removed
 
@@ -185,6 +185,10 @@ class SQLiteEngine:
     def states_of(self, keys: list[str]) -> dict[str, StoredState]:
         with self.lock:
             return self.store.states_of(keys)
+
+    def written_since(self, keys: list[str], seq: int) -> set[str]:
+        with self.lock:
+            return self.store.written_since(keys, seq)
 
     def stale_states(
         self, items: list[tuple[str, str, str]], model: str, embedding_version: int

@@ -161,6 +161,9 @@ class EmptyStore(EmbeddingStore):
     def live_through(self, record_ids: list[str], through_seq: int) -> list[str]:
         return []
 
+    def written_since(self, record_ids: list[str], seq: int) -> set[str]:
+        return set()
+
     def get_vector(self, record_id: str) -> np.ndarray | None:
         return None
 

@@ -220,14 +220,16 @@ class EmbeddingStore:
                 self.set_meta("model", rows[-1].model)
                 self.set_meta("dim", str(int(rows[-1].vector.shape[0])))
 
-    def remove(self, record_ids: Iterable[str]) -> set[str]:
-        """Soft-delete vectors and their keyword rows; returns the ids that had one."""
+    def remove(self, record_ids: Iterable[str], *, through_seq: int | None = None) -> set[str]:
+        """Soft-delete vectors and their keyword rows; returns the ids that had one (with
+        ``through_seq``: only those last changed at or before it)."""
         ids = list(dict.fromkeys(record_ids))
         if not ids:
             return set()
         removed: set[str] = set()
         with self.write():
-            present = self._present(ids)
+            present = (self._present(ids) if through_seq is None
+                       else self.live_through(ids, through_seq))
             if present:
                 first = self._next_seqs(len(present))
                 now = utc_now()
@@ -390,18 +392,21 @@ class EmbeddingStore:
         ]
         return (page[-1] if len(page) == limit else None), [k for k in page if k not in seen]
 
+    def written_since(self, record_ids: list[str], seq: int) -> set[str]:
+        """Those of ``record_ids`` whose vector rows changed after ``seq`` (removals too)."""
+        return set(self._ids_where(record_ids, "seq > ?", seq))
+
     def live_through(self, record_ids: list[str], through_seq: int) -> list[str]:
         """Those of ``record_ids`` that have a vector last changed at or before ``through_seq``."""
+        return self._ids_where(record_ids, "deleted = 0 AND seq <= ?", through_seq)
+
+    def _ids_where(self, record_ids: list[str], condition: str, seq: int) -> list[str]:
         found: list[str] = []
         for chunk, marks in _chunks(record_ids):
-            found += [
-                row[0]
-                for row in self.conn.execute(
-                    f"SELECT record_id FROM {self.table} WHERE record_id IN ({marks}) "
-                    "AND deleted = 0 AND seq <= ? ORDER BY record_id",
-                    (*chunk, through_seq),
-                )
-            ]
+            found += [row[0] for row in self.conn.execute(
+                f"SELECT record_id FROM {self.table} WHERE record_id IN ({marks}) "
+                f"AND {condition} ORDER BY record_id", (*chunk, seq),
+            )]
         return found
 
     def get_vector(self, record_id: str) -> np.ndarray | None:

@@ -323,6 +323,22 @@ def test_the_seam_names_exactly_the_records_a_backfill_may_have_to_act_on(engine
         assert states[key].current_for(digest, kind, model, 1) is current
 
 
+def test_the_seam_says_which_vectors_were_written_after_a_backfill_began(engine):
+    """``last_seq``/``written_since``/``remove(through_seq=)``: what a backfill uses not to
+    write over, nor remove, a vector another writer made while it ran."""
+    store = engine.open({1: "one", 2: "two", 3: "three"}, kinds="a", encoder="hash:64")
+    store.backfill_embeddings()
+    seam = store._engine
+    began = seam.last_seq()
+    assert seam.written_since(["1", "2", "3", "4"], began) == set()
+    store.remove_embedding("3")
+    store.add_embedding(2, {"body": "two, written again"}, "a")  # another writer, meanwhile
+    # a removal leaves a trace on SQLite (a soft delete), none on PostgreSQL (the row goes)
+    assert {"2"} <= seam.written_since(["1", "2", "3", "4"], began) <= {"2", "3"}
+    assert seam.remove(["1", "2"], through_seq=began) == {"1"}  # 2 is newer: it stays
+    assert seam.states_of(["1", "2"]).keys() == {"2"}
+
+
 # -- rebuilding never encodes -----------------------------------------------------------------
 def test_rebuild_and_reopen_without_index_files_never_encode(engine):
     """Vectors come from a backfill of records (so the model made them); the JSON vectors

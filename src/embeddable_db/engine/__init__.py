@@ -84,8 +84,8 @@ class Engine(Protocol):
         """What the vectors of these keys were made from (keys without a vector are absent)."""
 
     def written_since(self, keys: list[str], seq: int) -> set[str]:
-        """Those of these keys whose vectors were written or removed after ``seq``
-        (``last_seq()``): by another writer, when a backfill that began at ``seq`` asks."""
+        """Those of these keys whose vectors were written after ``seq`` (``last_seq()``; and
+        removed, where a removal leaves a row): by another writer, when a backfill asks."""
 
     def stale_states(
         self, items: list[tuple[str, str, str]], model: str, embedding_version: int
